@@ -1,0 +1,292 @@
+r"""Finite-difference gradient checking for any forward/backward pair.
+
+What this module gives (the role CS231n's ``gradient_check.py`` and
+``torch.autograd.gradcheck`` play):
+
+* :func:`numerical_gradient` — the central-difference gradient of a scalar
+  function, element by element.
+* :func:`numerical_vjp` — for an array-valued ``f``, the gradient of
+  :math:`\langle dout, f(x)\rangle`, i.e. the vector-Jacobian product
+  :math:`J^\top dout`, as ``sum((f(x+h) - f(x-h)) * dout) / 2h`` per element.
+* :func:`rel_error` and :func:`within_tolerance` — how far apart an analytic
+  and a numerical gradient are (formulas below).
+* :func:`adjoint_check` — a random-direction test that costs two forwards and
+  one backward at any size: for a random direction u,
+  :math:`\langle dout, J u\rangle` by finite differences must equal
+  :math:`\langle J^\top dout, u\rangle` by the backward.
+* :func:`check_layer` — one call that checks every differentiable input of a
+  pair that follows numgpt's convention: ``forward(*inputs) -> (out, cache)``
+  and ``backward(dout, cache) -> grads`` (a single array or a tuple, in the
+  order of the differentiable inputs).
+
+Difference formulas. With step h, the second-order central difference is
+:math:`f'(x) \approx (f(x+h) - f(x-h)) / 2h` (truncation error
+:math:`O(h^2)`); the fourth-order one is
+:math:`f'(x) \approx (f(x-2h) - 8f(x-h) + 8f(x+h) - f(x+2h)) / 12h`
+(truncation :math:`O(h^4)`). Round-off contributes about
+:math:`\varepsilon |f| / h`. In float64 (:math:`\varepsilon \approx 10^{-16}`)
+order 2 with h = 1e-5 leaves errors near 1e-11, order 4 with h = 1e-3 near
+1e-13: the default, and what makes a 1e-7 relative criterion meaningful for
+every gradient entry down to 1e-5. Gradient checks belong in float64: in
+float32 round-off alone is about 1e-7 / h.
+
+Error measures. For analytic a and numerical n (arrays of one shape):
+
+* relative error :math:`\max_i \frac{|a_i - n_i|}{\max(|a_i|, |n_i|, \text{floor})}`;
+  the floor (default 1e-5) keeps entries that are genuinely zero or tiny, where
+  both sides are mostly round-off, from reading as large relative errors: below
+  the floor the measure becomes absolute (1e-7 relative = 1e-12 absolute);
+* the pass criterion, element-wise: :math:`|a_i - n_i| \le \text{atol} + \text{rtol}\,\max(|a_i|, |n_i|)`.
+"""
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULT_FLOOR = 1e-5
+
+
+# --- numerical derivatives ---------------------------------------------------
+
+def _stencil(order):
+    """(offsets k, weights w_k, denominator c) of a central difference.
+
+    The derivative is ``sum_k w_k (f(x + k h) - f(x - k h)) / (c h)``. Each
+    symmetric pair is subtracted before anything else, so outputs that do not
+    depend on the perturbed element cancel exactly instead of leaving round-off.
+    """
+    if order == 2:
+        return (1.0,), (1.0,), 2.0
+    if order == 4:
+        return (1.0, 2.0), (8.0, -1.0), 12.0
+    raise ValueError(f"order must be 2 or 4, got {order!r}")
+
+
+def default_step(dtype, order=4):
+    """A step that balances truncation against round-off for ``dtype`` and ``order``."""
+    eps = np.finfo(dtype).eps
+    return float(eps ** (1.0 / (order + 1)))   # about 1e-3 (float64, order 4), 6e-6 (float64, order 2)
+
+
+def numerical_vjp(f, x, dout, h=None, order=2):
+    """Gradient of ``<dout, f(x)>`` w.r.t. ``x`` by central differences, element by element.
+
+    ``f`` maps an array shaped like ``x`` to an array shaped like ``dout`` (or a
+    scalar, with ``dout`` a scalar). ``x`` is perturbed in place and restored.
+    Costs ``order`` evaluations of ``f`` per element of ``x``.
+    """
+    offsets, weights, denom = _stencil(order)
+    h = default_step(x.dtype, order) if h is None else h
+    dout = np.asarray(dout)
+    grad = np.zeros_like(x)
+    flat_x = x.reshape(-1)           # a view: perturbing it perturbs x
+    if not np.shares_memory(flat_x, x):
+        raise ValueError("x must be contiguous so it can be perturbed in place")
+    flat_g = grad.reshape(-1)
+    for i in range(flat_x.size):
+        old = flat_x[i]
+        diff = 0.0
+        for off, w in zip(offsets, weights):
+            flat_x[i] = old + off * h
+            f_plus = np.asarray(f(x), dtype=np.float64)
+            flat_x[i] = old - off * h
+            f_minus = np.asarray(f(x), dtype=np.float64)
+            diff = diff + w * (f_plus - f_minus)    # combine outputs first, then contract with dout
+        flat_x[i] = old
+        flat_g[i] = np.sum(diff * dout) / (denom * h)
+    return grad
+
+
+def numerical_gradient(f, x, h=None, order=2):
+    """Central-difference gradient of a scalar function ``f`` at ``x``."""
+    return numerical_vjp(f, x, 1.0, h=h, order=order)
+
+
+# --- comparing gradients -------------------------------------------------------
+
+def rel_error(analytic, numeric, floor=DEFAULT_FLOOR):
+    """``max_i |a_i - n_i| / max(|a_i|, |n_i|, floor)`` (0.0 for empty arrays)."""
+    a = np.asarray(analytic, dtype=np.float64)
+    n = np.asarray(numeric, dtype=np.float64)
+    if a.shape != n.shape:
+        raise ValueError(f"analytic and numeric gradients differ in shape: {a.shape} vs {n.shape}")
+    if a.size == 0:
+        return 0.0
+    scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
+    return float(np.max(np.abs(a - n) / scale))
+
+
+def within_tolerance(analytic, numeric, rtol=1e-7, atol=1e-10):
+    """Element-wise ``|a - n| <= atol + rtol * max(|a|, |n|)`` for every element."""
+    a = np.asarray(analytic, dtype=np.float64)
+    n = np.asarray(numeric, dtype=np.float64)
+    return bool(np.all(np.abs(a - n) <= atol + rtol * np.maximum(np.abs(a), np.abs(n))))
+
+
+def adjoint_check(f, x, dout, grad, u=None, rng=None, h=None, order=4):
+    """Compare ``<dout, J u>`` (finite differences along u) with ``<grad, u>`` (backward).
+
+    ``grad`` is the backward's ``J^T dout``. Returns ``(fd, analytic, rel)``
+    with ``rel = |fd - analytic| / max(|fd|, |analytic|, floor)``. A direction
+    ``u`` is drawn from ``rng`` when not given. Costs ``order`` forwards.
+    """
+    if u is None:
+        rng = np.random.default_rng(0) if rng is None else rng
+        u = rng.standard_normal(x.shape).astype(x.dtype)
+    offsets, weights, denom = _stencil(order)
+    h = default_step(x.dtype, order) if h is None else h
+    diff = 0.0
+    for off, w in zip(offsets, weights):
+        f_plus = np.asarray(f(x + off * h * u), dtype=np.float64)
+        f_minus = np.asarray(f(x - off * h * u), dtype=np.float64)
+        diff = diff + w * (f_plus - f_minus)
+    fd = float(np.sum(diff * dout) / (denom * h))
+    analytic = float(np.sum(np.asarray(grad, dtype=np.float64) * u))
+    rel = abs(fd - analytic) / max(abs(fd), abs(analytic), DEFAULT_FLOOR)
+    return fd, analytic, rel
+
+
+# --- checking a layer ------------------------------------------------------------
+
+@dataclass
+class CheckResult:
+    """The outcome of checking one input of a layer."""
+    name: str
+    shape: tuple
+    method: str            # "full" (every element) or "adjoint" (random direction)
+    max_rel_error: float
+    max_abs_error: float
+    passed: bool
+    analytic: np.ndarray = field(default=None, repr=False)
+    numeric: np.ndarray = field(default=None, repr=False)
+
+
+def _as_tuple(grads):
+    return grads if isinstance(grads, tuple) else (grads,)
+
+
+def _default_wrt(inputs):
+    return tuple(i for i, a in enumerate(inputs)
+                 if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating))
+
+
+def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, seed=0,
+                method="full", rtol=1e-7, atol=1e-10, h=None, order=4):
+    """Check ``backward`` against finite differences of ``forward`` for each differentiable input.
+
+    ``forward(*inputs) -> (out, cache)``; ``backward(dout, cache)`` returns one
+    gradient per entry of ``wrt`` (a single array when there is one), in order.
+    ``wrt`` defaults to the positions of every floating-point array among
+    ``inputs``; other inputs (ids, targets, integers) are passed through. Bind
+    keyword arguments and random generators with a lambda or functools.partial;
+    a forward that draws random numbers must draw the same ones at every call.
+
+    ``dout`` defaults to standard-normal noise (never all ones, which would hide
+    errors that cancel across outputs). ``method="full"`` compares every element
+    (cost: ``order`` forwards per input element); ``method="adjoint"`` runs
+    :func:`adjoint_check` (``order`` forwards in all). Inputs are copied first,
+    so the caller's arrays are never touched. Returns a list of CheckResult.
+    """
+    if method not in ("full", "adjoint"):
+        raise ValueError(f"method must be 'full' or 'adjoint', got {method!r}")
+    inputs = [a.copy() if isinstance(a, np.ndarray) else a for a in inputs]
+    wrt = _default_wrt(inputs) if wrt is None else tuple(wrt)
+    if not wrt:
+        raise ValueError("no differentiable (floating-point array) input to check")
+    names = [f"input{i}" for i in range(len(inputs))] if names is None else list(names)
+    if len(names) != len(inputs):
+        raise ValueError(f"names has {len(names)} entries for {len(inputs)} inputs")
+    rng = np.random.default_rng(seed)
+    out, cache = forward(*inputs)
+    out = np.asarray(out)
+    if dout is None:
+        dout = rng.standard_normal(out.shape)
+        dout = dout.astype(out.dtype) if out.ndim else float(dout)
+    grads = _as_tuple(backward(dout if np.ndim(dout) else float(dout), cache))
+    if len(grads) < len(wrt):
+        raise ValueError(f"backward returned {len(grads)} gradient(s) for {len(wrt)} differentiable inputs")
+    results = []
+    for pos, grad in zip(wrt, grads):
+        x = inputs[pos]
+
+        def f(xp, pos=pos):
+            args = list(inputs)
+            args[pos] = xp
+            return forward(*args)[0]
+
+        if grad is None or np.shape(grad) != x.shape:
+            raise ValueError(f"backward's gradient for {names[pos]} has shape {np.shape(grad)}, "
+                             f"expected {x.shape}")
+        if method == "full":
+            numeric = numerical_vjp(f, x, dout, h=h, order=order)
+            abs_err = float(np.max(np.abs(grad - numeric))) if x.size else 0.0
+            results.append(CheckResult(names[pos], x.shape, "full", rel_error(grad, numeric), abs_err,
+                                       within_tolerance(grad, numeric, rtol, atol), grad, numeric))
+        else:
+            fd, analytic, rel = adjoint_check(f, x, dout, grad, rng=rng, h=h, order=order)
+            results.append(CheckResult(names[pos], x.shape, "adjoint", rel, abs(fd - analytic),
+                                       within_tolerance(analytic, fd, rtol, atol)))
+    return results
+
+
+# --- numgpt's own layers ---------------------------------------------------------
+
+def layer_cases(dtype=np.float64, seed=0):
+    """Random inputs for every layer in numgpt.layers: ``[(layer, forward, backward, inputs, names)]``.
+
+    Layer-norm gains and biases, and linear biases, are drawn away from 1 and 0
+    (an identity gain hides a missing factor); ids repeat; a fifth of the
+    cross-entropy targets are ignored.
+    """
+    from . import layers as L
+
+    rng = np.random.default_rng(seed)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return (rng.standard_normal(shape) * scale + shift).astype(dtype)
+
+    B, T, H, D, V, T_max = 2, 5, 2, 3, 7, 8
+    C = H * D
+    ids = rng.integers(0, V, size=(B, T))
+    ids[0, :2] = 3                                     # guaranteed repeats
+    targets = rng.integers(0, V, size=(B, T))
+    targets[rng.random((B, T)) < 0.2] = -1
+    targets[0, 0] = 1                                  # never all ignored
+    p_drop, mask_seed = 0.3, int(rng.integers(1 << 31))
+    return [
+        ("embedding", L.embedding_forward, L.embedding_backward,
+         (ids, randn(V, C), randn(T_max, C)), ("idx", "wte", "wpe")),
+        ("layernorm", L.layernorm_forward, L.layernorm_backward,
+         (randn(B, T, C, scale=2.0, shift=0.5), randn(C, scale=0.3, shift=1.5), randn(C, scale=0.3, shift=0.5)),
+         ("x", "weight", "bias")),
+        ("linear", L.linear_forward, L.linear_backward,
+         (randn(B, T, C), randn(C, 3 * C), randn(3 * C, scale=0.3, shift=0.5)), ("x", "w", "b")),
+        ("gelu", L.gelu_forward, L.gelu_backward, (randn(B, T, 4 * C, scale=1.5),), ("x",)),
+        ("softmax", L.softmax_forward, L.softmax_backward, (randn(B, T, V, scale=2.0),), ("x",)),
+        ("attention", lambda qkv: L.attention_forward(qkv, H), L.attention_backward,
+         (randn(B, T, 3 * C),), ("qkv",)),
+        ("dropout", lambda x: L.dropout_forward(x, p_drop, np.random.default_rng(mask_seed)), L.dropout_backward,
+         (randn(B, T, C),), ("x",)),
+        ("softmax_cross_entropy", L.softmax_cross_entropy_forward, L.softmax_cross_entropy_backward,
+         (randn(B, T, V, scale=1.5), targets), ("logits", "targets")),
+    ]
+
+
+def check_all_layers(seed=0, rtol=1e-7, atol=1e-10, method="full"):
+    """Check every layer of numgpt.layers in float64: ``[(layer, CheckResult)]``."""
+    rows = []
+    for layer, forward, backward, inputs, names in layer_cases(np.float64, seed):
+        for result in check_layer(forward, backward, inputs, names=names, seed=seed,
+                                  method=method, rtol=rtol, atol=atol):
+            rows.append((layer, result))
+    return rows
+
+
+def format_table(rows, rtol):
+    """The table ``numgpt gradcheck`` prints."""
+    lines = [f"{'layer':<24}{'input':<10}{'shape':<14}{'method':<9}{'max rel error':>14}  result",
+             "-" * 79]
+    for layer, r in rows:
+        lines.append(f"{layer:<24}{r.name:<10}{str(r.shape):<14}{r.method:<9}{r.max_rel_error:>14.2e}  "
+                     f"{'pass' if r.passed and r.max_rel_error < rtol else 'FAIL'}")
+    return "\n".join(lines)

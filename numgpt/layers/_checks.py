@@ -1,0 +1,59 @@
+"""Argument checks shared by the layers.
+
+Every public forward checks its inputs here, so a mistake surfaces as a
+ValueError/TypeError that names the argument, what was expected and what
+arrived, instead of a broadcasting error three calls deeper (or, worse, a
+silently broadcast wrong answer). The checks are O(1) except the id range
+checks, which are one pass over an integer array.
+"""
+
+import numpy as np
+
+
+def check_float_array(name, x, ndim=None, min_ndim=None):
+    """``x`` must be a floating-point ndarray (of rank ``ndim`` or at least ``min_ndim``)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
+
+
+def check_int_array(name, x, ndim=None):
+    """``x`` must be an integer ndarray (ids, targets)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray of integers, got {type(x).__name__}")
+    if not np.issubdtype(x.dtype, np.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
+
+
+def check_same_dtype(**arrays):
+    """All named arrays share one dtype: a layer never mixes (and so never silently upcasts)."""
+    items = [(k, v) for k, v in arrays.items() if v is not None]
+    first_name, first = items[0]
+    for name, arr in items[1:]:
+        if arr.dtype != first.dtype:
+            raise TypeError(
+                f"{name} has dtype {arr.dtype} but {first_name} has dtype {first.dtype}; "
+                "all floating inputs of a layer must share one dtype")
+
+
+def check_shape(name, x, expected, what=""):
+    """``x.shape`` must equal ``expected``."""
+    if tuple(x.shape) != tuple(expected):
+        extra = f" ({what})" if what else ""
+        raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, got {tuple(x.shape)}")
+
+
+def check_dout(dout, out_shape, dtype):
+    """The upstream gradient of a backward must match the forward's output."""
+    check_float_array("dout", dout)
+    if dout.shape != tuple(out_shape):
+        raise ValueError(f"dout must have the forward output's shape {tuple(out_shape)}, got {dout.shape}")
+    if dout.dtype != dtype:
+        raise TypeError(f"dout has dtype {dout.dtype} but the forward ran in {dtype}")

@@ -1,0 +1,101 @@
+r"""Causal multi-head scaled dot-product attention on GPT-2's fused ``c_attn`` output.
+
+Forward
+-------
+``qkv`` (B, T, 3C) holds queries, keys and values side by side. Split each into
+H heads of size D = C/H; for one batch element and one head, with
+:math:`Q, K, V \in \mathbb{R}^{T \times D}`:
+
+.. math::
+    S = \frac{Q K^\top}{\sqrt D}, \qquad
+    S_{ts} \leftarrow -\infty_{\text{finite}} \text{ for } s > t \ (\text{causal mask}), \qquad
+    P = \operatorname{softmax}_{\text{rows}}(S), \qquad
+    Y = P V
+
+and the heads' Y are laid side by side again into (B, T, C).
+
+Backward
+--------
+.. math::
+    dV = P^\top dY, \quad
+    dP = dY\, V^\top, \quad
+    dS = P \odot \big(dP - \operatorname{rowsum}(dP \odot P)\big), \quad
+    dQ = \frac{dS\, K}{\sqrt D}, \quad
+    dK = \frac{dS^\top Q}{\sqrt D}
+
+Masked entries have :math:`P_{ts} = 0` exactly, so :math:`dS_{ts} = 0` there and
+no gradient flows from the future: position t's output depends only on
+positions <= t. Derivation: docs/derivations/attention.md.
+"""
+
+import math
+
+import numpy as np
+
+from ._checks import check_dout, check_float_array
+from .softmax import softmax_backward_from_probs
+
+
+def split_heads(x, n_head):
+    """(B, T, C) -> (B, H, T, D), contiguous (batched matmul runs twice as fast on it)."""
+    B, T, C = x.shape
+    return np.ascontiguousarray(x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3))
+
+
+def merge_heads(x):
+    """(B, H, T, D) -> (B, T, C), the inverse of :func:`split_heads`."""
+    B, H, T, D = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(B, T, H * D)
+
+
+def causal_mask(T):
+    """Boolean (T, T), True above the diagonal: the future positions a query may not see."""
+    return np.triu(np.ones((T, T), dtype=bool), k=1)
+
+
+def attention_forward(qkv, n_head):
+    """Causal self-attention. ``qkv`` (B, T, 3C) -> out (B, T, C)."""
+    check_float_array("qkv", qkv, ndim=3)
+    if isinstance(n_head, bool) or not isinstance(n_head, (int, np.integer)) or n_head < 1:
+        raise ValueError(f"n_head must be a positive integer, got {n_head!r}")
+    B, T, C3 = qkv.shape
+    if C3 % 3:
+        raise ValueError(f"qkv must have last dimension 3*C (q, k, v fused), got shape {qkv.shape}")
+    C = C3 // 3
+    if C % n_head:
+        raise ValueError(f"C={C} (qkv shape {qkv.shape}) is not divisible by n_head={n_head}")
+    scale = 1.0 / math.sqrt(C // n_head)
+    q = split_heads(qkv[:, :, :C], n_head)              # (B, H, T, D)
+    k = split_heads(qkv[:, :, C:2 * C], n_head)         # (B, H, T, D)
+    v = split_heads(qkv[:, :, 2 * C:], n_head)          # (B, H, T, D)
+    att = q @ k.transpose(0, 1, 3, 2)                   # (B, H, T, T) scores
+    att *= scale
+    # A finite fill, not -inf: exp(fill - rowmax) underflows to exactly 0.
+    np.copyto(att, np.finfo(att.dtype).min, where=causal_mask(T))
+    att -= att.max(axis=-1, keepdims=True)
+    att_probs = np.exp(att, out=att)                    # (B, H, T, T), rows sum to 1 below
+    att_probs /= att_probs.sum(axis=-1, keepdims=True)
+    y = att_probs @ v                                   # (B, H, T, D)
+    out = merge_heads(y)                                # (B, T, C)
+    cache = (q, k, v, att_probs, scale)
+    return out, cache
+
+
+def attention_backward(dout, cache):
+    """Gradient ``dqkv`` (B, T, 3C); see docs/derivations/attention.md."""
+    q, k, v, att_probs, scale = cache
+    B, H, T, D = q.shape
+    C = H * D
+    check_dout(dout, (B, T, C), q.dtype)
+    dy = split_heads(dout, H)                                   # (B, H, T, D)
+    dv = att_probs.transpose(0, 1, 3, 2) @ dy                   # (B, H, T, D)
+    datt_probs = dy @ v.transpose(0, 1, 3, 2)                   # (B, H, T, T)
+    datt = softmax_backward_from_probs(datt_probs, att_probs)   # (B, H, T, T), zero where masked
+    datt *= scale
+    dq = datt @ k                                               # (B, H, T, D)
+    dk = datt.transpose(0, 1, 3, 2) @ q                         # (B, H, T, D)
+    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)             # the fused layout, viewed per head
+    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
+    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
+    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    return dqkv.reshape(B, T, 3 * C)

@@ -1,0 +1,82 @@
+r"""Softmax + cross-entropy, fused, with targets that may be ignored.
+
+Forward
+-------
+For N rows of logits :math:`z_n \in \mathbb{R}^V` with targets :math:`y_n`, of which
+the set :math:`\mathcal{V}` (size M) are not ``ignore_index``:
+
+.. math::
+    \log p_{n,y} = z_{n,y} - m_n - \log \textstyle\sum_j e^{z_{n,j} - m_n},
+    \quad m_n = \max_j z_{n,j}, \qquad
+    L = -\frac1M \sum_{n \in \mathcal{V}} \log p_{n, y_n}
+
+The log-sum-exp form never takes the log of a probability that underflowed to
+0, so no epsilon is needed inside a log.
+
+Backward
+--------
+Composing the softmax Jacobian with :math:`-\log p_y` collapses to
+
+.. math::  \frac{\partial L}{\partial z_{n,j}} = \frac{1}{M}\big(p_{n,j} - [j = y_n]\big) \ (n \in \mathcal V), \qquad 0 \ (n \notin \mathcal V)
+
+times the upstream scalar ``dloss``. Each row sums to zero.
+Derivation: docs/derivations/cross_entropy.md.
+"""
+
+import numpy as np
+
+from ._checks import check_float_array, check_int_array
+
+
+def softmax_cross_entropy_forward(logits, targets, ignore_index=-1):
+    """Mean cross-entropy of ``logits`` (..., V) against int ``targets`` (...).
+
+    Targets equal to ``ignore_index`` contribute neither loss nor gradient.
+    Returns ``(loss, cache)`` with ``loss`` a scalar of the logits' dtype.
+    """
+    check_float_array("logits", logits, min_ndim=1)
+    check_int_array("targets", targets)
+    if targets.shape != logits.shape[:-1]:
+        raise ValueError(f"targets must have shape {logits.shape[:-1]} (logits shape {logits.shape} "
+                         f"without the vocabulary axis), got {targets.shape}")
+    V = logits.shape[-1]
+    z = logits.reshape(-1, V)                              # (N, V)
+    y = targets.reshape(-1)                                # (N,)
+    valid = y != ignore_index                              # (N,)
+    count = int(valid.sum())
+    if count == 0:
+        raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss over no targets is undefined")
+    yv = y[valid]
+    if yv.min() < 0 or yv.max() >= V:
+        bad = yv[(yv < 0) | (yv >= V)]
+        raise ValueError(f"targets hold classes outside [0, {V}) that are not ignore_index={ignore_index}: "
+                         f"e.g. {bad[:5].tolist()}")
+    shifted = z - z.max(axis=1, keepdims=True)             # (N, V), <= 0
+    probs = np.exp(shifted)                                # (N, V), unnormalised for now
+    sumexp = probs.sum(axis=1, keepdims=True)              # (N, 1), >= 1
+    probs /= sumexp
+    rows = np.flatnonzero(valid)                           # (M,)
+    logp_target = shifted[rows, yv] - np.log(sumexp[rows, 0])   # (M,)
+    loss = logits.dtype.type(-logp_target.sum() / count)
+    cache = (probs, rows, yv, count, logits.shape)
+    return loss, cache
+
+
+def softmax_cross_entropy_backward(dloss=1.0, cache=None):
+    """Gradient ``dlogits`` for an upstream scalar ``dloss`` (1.0 when the loss is the objective).
+
+    Call as ``softmax_cross_entropy_backward(dloss, cache)`` or
+    ``softmax_cross_entropy_backward(cache=cache)``. See docs/derivations/cross_entropy.md.
+    """
+    if cache is None:
+        raise TypeError("softmax_cross_entropy_backward needs the cache returned by the forward")
+    probs, rows, yv, count, shape = cache
+    dloss_arr = np.asarray(dloss)
+    if dloss_arr.shape != () or not np.issubdtype(dloss_arr.dtype, np.number):
+        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {dloss_arr.shape}")
+    V = probs.shape[1]
+    dlogits = np.zeros_like(probs)                         # (N, V); ignored rows stay 0
+    dlogits[rows] = probs[rows]
+    dlogits[rows, yv] -= 1.0
+    dlogits *= probs.dtype.type(float(dloss) / count)
+    return dlogits.reshape(shape[:-1] + (V,))
