@@ -13,7 +13,6 @@ Backward
 Derivation: docs/derivations/linear.md.
 """
 
-import numpy as np
 
 from ._checks import check_dout, check_float_array, check_same_dtype
 
