@@ -5,6 +5,8 @@ layer over a function a notebook can call directly.
 """
 
 import argparse
+import dataclasses
+import os
 import sys
 
 
@@ -23,6 +25,171 @@ def cmd_gradcheck(args):
     return 0
 
 
+# --- train ---------------------------------------------------------------------------
+
+_TRAIN_HELP = {
+    "data": "'default' (built-in corpus, no download), 'shakespeare' (downloaded once), or a UTF-8 text file",
+    "task": "train a synthetic task instead of text: 'sort' or 'add'",
+    "tokenizer": "'char', 'byte' or 'bpe' (a BPE vocabulary trained on the data)",
+    "vocab_size": "vocabulary size of the BPE tokenizer",
+    "n_layer": "transformer blocks", "n_head": "attention heads", "n_embd": "embedding width C",
+    "block_size": "context length T", "dropout": "dropout probability (0 disables)",
+    "bias": "biases in linear and layer-norm layers (GPT-2 has them)",
+    "init_from": "a Hugging Face GPT-2 directory to fine-tune (config.json + model.safetensors)",
+    "batch_size": "sequences per micro-batch",
+    "gradient_accumulation_steps": "micro-batches per optimizer step",
+    "max_iters": "optimizer steps in all", "learning_rate": "peak learning rate",
+    "min_lr": "learning rate at the end of the cosine decay", "warmup_iters": "linear warmup steps",
+    "lr_decay_iters": "step at which the cosine reaches min_lr", "weight_decay": "AdamW decoupled weight decay",
+    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "grad_clip": "global gradient-norm clip (0 disables)",
+    "eval_interval": "evaluate (and maybe checkpoint) every this many steps",
+    "eval_iters": "batches per split in each evaluation", "log_interval": "print progress every this many steps",
+    "eval_only": "evaluate once and exit", "sample_tokens": "tokens of text sampled at the end (0: none)",
+    "seed": "random seed (init, batches, dropout)", "out_dir": "where the checkpoint and metrics.jsonl go",
+    "dtype": "float32 (training) or float64", "resume": "continue from out_dir/ckpt.npz",
+}
+
+
+def _add_train_flags(p):
+    from .train import TrainConfig
+
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default
+        help_text = f"{_TRAIN_HELP.get(f.name, '')} (default: {default!r})"
+        flag = f"--{f.name}"
+        # SUPPRESS: only flags given on the command line appear in args, so they can
+        # override a --config file and a resumed run's saved settings.
+        if isinstance(default, bool):
+            if default:
+                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
+            else:
+                p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+        else:
+            kind = {int: _int, float: _float, str: str}[type(default)]
+            choices = {"tokenizer": ["char", "byte", "bpe"], "dtype": ["float32", "float64"],
+                       "task": ["", "sort", "add"]}.get(f.name)
+            p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices, help=help_text,
+                           metavar=f.name.upper() if choices is None else None)
+    p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings (flags override it)")
+
+
+def _int(text):
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text):
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def cmd_train(args):
+    from .train import CHECKPOINT_NAME, TrainConfig, load_config_file, train
+
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
+    settings = {}
+    if args.config:
+        settings.update(load_config_file(args.config))
+    settings.update(given)
+    if settings.get("resume"):
+        out_dir = settings.get("out_dir", TrainConfig.out_dir)
+        path = os.path.join(out_dir, CHECKPOINT_NAME)
+        if not os.path.exists(path):
+            raise ValueError(f"--resume: no checkpoint at {path}")
+        from .checkpoint import load_checkpoint
+        saved = dict(load_checkpoint(path)[1].get("train_config") or {})
+        saved.update(settings)
+        settings = saved
+    cfg = TrainConfig(**settings).validate()
+    result = train(cfg)
+    if result.interrupted:
+        print(f"stopped by Ctrl-C at iteration {result.iter_num}; resume with: "
+              f"numgpt train --resume --out_dir {cfg.out_dir}")
+        return 130
+    print(f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
+          f"checkpoint {result.checkpoint}")
+    return 0
+
+
+# --- sample ----------------------------------------------------------------------------
+
+def _load_for_sampling(args):
+    if args.init_from:
+        from .gpt2 import load_gpt2, load_gpt2_tokenizer
+        model = load_gpt2(args.init_from)
+        tokenizer = load_gpt2_tokenizer(args.init_from)
+        if tokenizer is None:
+            raise ValueError(f"{args.init_from} has no GPT-2 tokenizer files (vocab.json + merges.txt)")
+        return model, tokenizer
+    from .train import CHECKPOINT_NAME, load_run
+    path = os.path.join(args.out_dir, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        raise ValueError(f"no checkpoint at {path}; train first (numgpt train --out_dir {args.out_dir}) "
+                         f"or give --init_from a GPT-2 directory")
+    model, tokenizer, meta, _ = load_run(path)
+    if tokenizer is None:
+        raise ValueError(f"{path} is a synthetic-task checkpoint ({meta.get('task')}); it has no text tokenizer")
+    return model, tokenizer
+
+
+def cmd_sample(args):
+    from .sample import generate_text
+
+    model, tokenizer = _load_for_sampling(args)
+    texts = generate_text(model, tokenizer, args.prompt, num_samples=args.num_samples,
+                          max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, stop=args.stop or None)
+    for i, text in enumerate(texts):
+        if len(texts) > 1:
+            print(f"--- sample {i + 1} ---")
+        print(text)
+    return 0
+
+
+# --- tokenizer, plots ----------------------------------------------------------------------
+
+def cmd_tokenizer_train(args):
+    from .bpe import tokens_per_char, train_bpe
+    from .data import load_text
+
+    text, description = load_text(args.data)
+    tok = train_bpe(text, args.vocab_size)
+    tok.save(args.out)
+    print(f"trained BPE on {description}: {tok.vocab_size} tokens, "
+          f"{tokens_per_char(tok, text):.3f} tokens per character; wrote vocab.json and merges.txt to {args.out}")
+    return 0
+
+
+def cmd_plot(args):
+    from .plot import plot_loss
+    from .train import METRICS_NAME
+
+    out = args.output or os.path.join(args.out_dir, "loss.png")
+    path = plot_loss(os.path.join(args.out_dir, METRICS_NAME), out)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_attention(args):
+    from .plot import plot_attention
+
+    model, tokenizer = _load_for_sampling(args)
+    ids = tokenizer.encode(args.prompt)
+    if not ids:
+        raise ValueError("--prompt must not be empty")
+    ids = ids[-model.config.block_size:]
+    tokens = [tokenizer.decode([i]) for i in ids]
+    out = args.output or os.path.join(args.out_dir, "attention.png")
+    import numpy as np
+    path = plot_attention(model, tokens, np.asarray(ids, dtype=np.int64), out)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="numgpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -35,13 +202,90 @@ def build_parser():
     p.add_argument("--method", choices=["full", "adjoint"], default="full",
                    help="'full' compares every element, 'adjoint' one random direction")
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("train", help="train a GPT on text or a synthetic task",
+                       description="Train a GPT. Defaults reproduce nanoGPT's CPU run (4 layers x 4 heads x 128, "
+                                   "block 64, 2000 iterations) on the built-in corpus.")
+    _add_train_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    def add_source(p):
+        p.add_argument("--out_dir", default="out", help="directory of the training checkpoint (default: out)")
+        p.add_argument("--init_from", default="", help="a Hugging Face GPT-2 directory instead of a checkpoint")
+
+    p = sub.add_parser("sample", help="generate text from a trained checkpoint",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_source(p)
+    p.add_argument("--prompt", default="", help="text to continue ('' starts from a newline)")
+    p.add_argument("--num_samples", type=_positive_int, default=1)
+    p.add_argument("--max_new_tokens", type=_positive_int, default=500)
+    p.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 is greedy")
+    p.add_argument("--top_k", type=_positive_int, default=None)
+    p.add_argument("--top_p", type=_float, default=None, help="nucleus sampling mass in (0, 1]")
+    p.add_argument("--seed", type=_int, default=None)
+    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("tokenizer", help="byte-level BPE tokenizer tools")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    tsub.required = True
+    t = tsub.add_parser("train", help="train a BPE vocabulary, written in GPT-2's file format",
+                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data", required=True, help="'default', 'shakespeare' or a UTF-8 text file")
+    t.add_argument("--vocab_size", type=_positive_int, required=True)
+    t.add_argument("--out", required=True, help="directory for vocab.json and merges.txt")
+    t.set_defaults(func=cmd_tokenizer_train)
+
+    p = sub.add_parser("plot", help="draw the train/val loss curve to a PNG (needs matplotlib)")
+    p.add_argument("--out_dir", default="out")
+    p.add_argument("--output", default=None, help="PNG path (default: OUT_DIR/loss.png)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("attention", help="draw every layer's and head's attention over a prompt (needs matplotlib)")
+    add_source(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--output", default=None, help="PNG path (default: OUT_DIR/attention.png)")
+    p.set_defaults(func=cmd_attention)
     return parser
+
+
+def _positive_int(text):
+    value = _int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _non_negative_float(text):
+    value = _float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    from .checkpoint import CheckpointError
+    from .data import DataError
+    try:
+        return args.func(args)
+    except (DataError, CheckpointError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+        # Expected failures (bad data, flags, files) get one clear line, not a traceback;
+        # NUMGPT_TRACEBACK=1 shows the traceback (for debugging numgpt itself).
+        if os.environ.get("NUMGPT_TRACEBACK"):
+            raise
+        print(f"numgpt {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    except RuntimeError as e:
+        from .train import TrainingError
+        if isinstance(e, TrainingError):
+            print(f"numgpt {args.command}: {e}", file=sys.stderr)
+            return 1
+        raise
+    except KeyboardInterrupt:
+        print(f"numgpt {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ needs. Each module's docstring states the forward and the gradient; the
 step-by-step derivations are in docs/derivations/.
 """
 
-from .attention import attention_backward, attention_forward
+from .attention import attention_backward, attention_forward, attention_step_forward
 from .cross_entropy import softmax_cross_entropy_backward, softmax_cross_entropy_forward
 from .dropout import dropout_backward, dropout_forward
 from .embedding import embedding_backward, embedding_forward
@@ -17,7 +17,7 @@ from .linear import linear_backward, linear_forward
 from .softmax import softmax_backward, softmax_forward
 
 __all__ = [
-    "attention_forward", "attention_backward",
+    "attention_forward", "attention_backward", "attention_step_forward",
     "dropout_forward", "dropout_backward",
     "embedding_forward", "embedding_backward",
     "gelu_forward", "gelu_backward",

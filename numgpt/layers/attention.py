@@ -99,3 +99,36 @@ def attention_backward(dout, cache):
     dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
     dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
     return dqkv.reshape(B, T, 3 * C)
+
+
+def attention_step_forward(qkv, k_cache, v_cache, pos, n_head):
+    """Inference-only causal attention of new positions against a key/value cache.
+
+    ``qkv`` (B, t, 3C) holds the fused projections of the ``t`` new positions
+    ``pos .. pos+t-1``; ``k_cache`` and ``v_cache`` (B, H, T_max, D) hold the keys
+    and values of earlier positions and receive the new ones in place. New
+    position ``pos+i`` attends to cached positions ``0 .. pos+i``, exactly as
+    :func:`attention_forward` over the whole sequence would (a test compares the
+    logits of the two). Returns out (B, t, C); there is no backward.
+    """
+    check_float_array("qkv", qkv, ndim=3)
+    B, t, C3 = qkv.shape
+    C = C3 // 3
+    H, T_max, D = k_cache.shape[1:]
+    if C3 != 3 * C or H != n_head or H * D != C or k_cache.shape[0] != B:
+        raise ValueError(f"qkv shape {qkv.shape} does not match the cache {k_cache.shape} with n_head={n_head}")
+    if pos + t > T_max:
+        raise ValueError(f"positions {pos}..{pos + t - 1} exceed the cache length {T_max}")
+    q = split_heads(qkv[:, :, :C], H)                          # (B, H, t, D)
+    k_cache[:, :, pos:pos + t] = split_heads(qkv[:, :, C:2 * C], H)
+    v_cache[:, :, pos:pos + t] = split_heads(qkv[:, :, 2 * C:], H)
+    k = k_cache[:, :, :pos + t]                                # (B, H, pos+t, D)
+    v = v_cache[:, :, :pos + t]
+    att = q @ k.transpose(0, 1, 3, 2)                          # (B, H, t, pos+t)
+    att *= 1.0 / math.sqrt(D)
+    future = np.triu(np.ones((t, pos + t), dtype=bool), k=pos + 1)   # new query i may not see pos+i+1..
+    np.copyto(att, np.finfo(att.dtype).min, where=future)
+    att -= att.max(axis=-1, keepdims=True)
+    np.exp(att, out=att)
+    att /= att.sum(axis=-1, keepdims=True)
+    return merge_heads(att @ v)                                # (B, t, C)
