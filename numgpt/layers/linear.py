@@ -29,7 +29,8 @@ def linear_forward(x, w, b=None):
                          f"{w.shape[0]} (w shape {w.shape}, stored (in, out))")
     if b is not None and b.shape != (w.shape[1],):
         raise ValueError(f"b must have shape ({w.shape[1]},) to match w {w.shape}, got {b.shape}")
-    out = x @ w                      # (..., out)
+    # One 2-D GEMM over all rows: a 3-D ``x @ w`` runs as B separate small matmuls.
+    out = (x.reshape(-1, w.shape[0]) @ w).reshape(x.shape[:-1] + (w.shape[1],))   # (..., out)
     if b is not None:
         out += b
     cache = (x, w, b is not None)
@@ -45,7 +46,7 @@ def linear_backward(dout, cache):
     check_dout(dout, x.shape[:-1] + (w.shape[1],), x.dtype)
     x2 = x.reshape(-1, w.shape[0])           # (N, in)
     dout2 = dout.reshape(-1, w.shape[1])     # (N, out)
-    dx = dout @ w.T                          # (..., in); a transposed view costs BLAS nothing
+    dx = (dout2 @ w.T).reshape(x.shape)      # (..., in); a transposed view costs BLAS nothing
     dw = x2.T @ dout2                        # (in, out)
     db = dout2.sum(axis=0) if has_bias else None   # (out,)
     return dx, dw, db
