@@ -1,0 +1,18 @@
+"""numgpt: a GPT-2 in NumPy with every gradient derived and written by hand.
+
+Rooms, lowest first (a room never imports a higher one):
+``layers`` (forward/backward pairs) -> ``gradcheck`` -> ``model`` -> ``optim`` ->
+``tokenizers``/``bpe``/``data``/``tasks`` -> ``checkpoint``/``safetensors``/``gpt2`` ->
+``sample`` -> ``train`` -> ``cli``.
+"""
+
+from .gpt2 import load_gpt2, save_gpt2
+from .model import GPT, GPTConfig
+from .optim import AdamW, clip_grad_norm, cosine_lr
+from .sample import generate, generate_text
+from .train import TrainConfig, load_run, train
+
+__version__ = "0.1.0"
+
+__all__ = ["GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr", "generate", "generate_text",
+           "TrainConfig", "train", "load_run", "load_gpt2", "save_gpt2", "__version__"]

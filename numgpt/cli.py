@@ -67,7 +67,7 @@ def _add_train_flags(p):
         else:
             kind = {int: _int, float: _float, str: str}[type(default)]
             choices = {"tokenizer": ["char", "byte", "bpe"], "dtype": ["float32", "float64"],
-                       "task": ["", "sort", "add"]}.get(f.name)
+                       "task": ["sort", "add"]}.get(f.name)
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices, help=help_text,
                            metavar=f.name.upper() if choices is None else None)
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings (flags override it)")
@@ -270,7 +270,7 @@ def main(argv=None):
     from .data import DataError
     try:
         return args.func(args)
-    except (DataError, CheckpointError, ValueError, TypeError, FileNotFoundError, ImportError) as e:
+    except (DataError, CheckpointError, ValueError, TypeError, OSError, ImportError) as e:
         # Expected failures (bad data, flags, files) get one clear line, not a traceback;
         # NUMGPT_TRACEBACK=1 shows the traceback (for debugging numgpt itself).
         if os.environ.get("NUMGPT_TRACEBACK"):

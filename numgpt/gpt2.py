@@ -320,7 +320,7 @@ def load_gpt2(path, dtype=np.float32, block_size=None, *, dropout=0.0) -> GPT:
     config, n_positions = _config_from_hf(hf, config_path, block_size, dropout)
 
     tensors, head = _numgpt_names(_read_tensors(weights_path), weights_path)
-    model = _uninitialised_gpt(config, dtype)
+    model = GPT(config, dtype=dtype, init=False)   # every parameter is overwritten below
     # wpe is checked against the checkpoint's n_positions, then cropped.
     expected = {name: (shape if name != "wpe" else (n_positions, shape[1]))
                 for name, shape in model.layout}
@@ -358,18 +358,6 @@ def _describe(config: GPTConfig, n_positions: int) -> str:
             f"n_embd={config.n_embd} (from {CONFIG_NAME})")
 
 
-def _uninitialised_gpt(config: GPTConfig, dtype) -> GPT:
-    """A GPT whose random initialisation is skipped: every parameter is about to be overwritten.
-
-    Initialising 124M parameters takes seconds, wasted here.  The instance
-    attribute shadows the method only during construction; if GPT ever stops
-    calling ``init_weights``, this still builds a correct model.
-    """
-    model = GPT.__new__(GPT)
-    model.init_weights = lambda seed=0: None
-    GPT.__init__(model, config, dtype=dtype)
-    del model.init_weights
-    return model
 
 
 def load_gpt2_tokenizer(path):

@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import layers as L
+from ._parallel import default_threads, run_parallel, split
 
 
 @dataclass(frozen=True)
@@ -99,12 +100,13 @@ def _views(flat, layout):
 class GPT:
     """A GPT-2 language model whose parameters live in one flat NumPy buffer.
 
-    ``GPT(config, seed=0, dtype=np.float32)`` initialises as GPT-2/nanoGPT:
+    ``GPT(config, seed=0, dtype=np.float32)`` initialises as GPT-2/nanoGPT
+    (``init=False`` skips it, leaving zeros for weights about to be loaded):
     weights N(0, 0.02), residual projections (``c_proj``) N(0, 0.02/sqrt(2 n_layer)),
     biases 0, layer-norm weights 1.
     """
 
-    def __init__(self, config, seed=0, dtype=np.float32):
+    def __init__(self, config, seed=0, dtype=np.float32, init=True):
         if not isinstance(config, GPTConfig):
             raise TypeError(f"config must be a GPTConfig, got {type(config).__name__}")
         dtype = np.dtype(dtype)
@@ -119,7 +121,10 @@ class GPT:
         self.params = _views(self.flat_params, self.layout)
         self.grads = _views(self.flat_grads, self.layout)
         self._zero_bias = np.zeros(config.n_embd, dtype=dtype)   # stands in for absent ln biases
-        self.init_weights(seed)
+        self._aux = []
+        self.n_threads = default_threads()
+        if init:        # init=False leaves zeros, for callers about to load weights (seconds saved at 124M)
+            self.init_weights(seed)
 
     # --- parameters ------------------------------------------------------------
 
@@ -175,6 +180,10 @@ class GPT:
             raise ValueError(f"{name} has T={idx.shape[1]} positions but block_size is {self.config.block_size}")
         if idx.shape[1] == 0:
             raise ValueError(f"{name} must hold at least one position, got shape {idx.shape}")
+        V = self.config.vocab_size
+        if idx.min() < 0 or idx.max() >= V:
+            bad = idx[(idx < 0) | (idx >= V)]
+            raise ValueError(f"{name} holds token ids outside [0, {V}): e.g. {bad[:5].tolist()}")
 
     # --- forward / backward --------------------------------------------------------
 
@@ -235,55 +244,92 @@ class GPT:
 
     def loss_and_grads(self, idx, targets, *, ignore_index=-1, dropout_rng=None, accumulate=False,
                        loss_scale=1.0):
-        """Forward and backward: ``(loss, grads)``.
+        """Forward and backward: ``(loss, grads)``, the loss being the mean over non-ignored targets.
 
         ``grads`` is ``self.grads``: a dict of views into ``self.flat_grads``, named
-        and shaped like ``self.params``. They are zeroed first unless
+        and shaped like ``self.params``. They are overwritten unless
         ``accumulate`` is true, in which case this call's gradient, times
         ``loss_scale``, is added to what is there (gradient accumulation over
         micro-batches: ``loss_scale = 1 / n_micro``). Dropout runs only when a
         ``dropout_rng`` (numpy Generator) is given. The returned loss is unscaled.
+
+        Fast path: the batch is cut into ``self.n_threads`` slices that run at
+        once on worker threads (NumPy releases the GIL in BLAS and ufuncs), each
+        with a single-threaded BLAS and its own gradient buffer; the buffers are
+        then summed. Each slice's loss gradient is weighted by its share of the
+        targets, so the result is the whole batch's gradient
+        (tests/test_model.py compares 1 and 2 threads).
         """
         self._check_targets(idx, targets)
+        parts = self._batch_parts(idx.shape[0])
+        counts = [int(np.count_nonzero(targets[s] != ignore_index)) for s in parts]
+        total = sum(counts)
+        if total == 0:
+            raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss over no targets "
+                             "is undefined")
+        if len(parts) > 1 and min(counts) == 0:            # a slice without targets: run the batch whole
+            parts, counts = [slice(None)], [total]
+        if len(parts) == 1:
+            loss = self._loss_and_grads_part(idx, targets, self.grads, accumulate, loss_scale, ignore_index,
+                                             dropout_rng)
+            return loss, self.grads
+        # Child generators seeded from the parent's stream (not Generator.spawn, whose
+        # counter is not part of the saved state): a resumed run draws the same masks.
+        rngs = ([np.random.default_rng(seed) for seed in dropout_rng.integers(0, 2**63, size=len(parts))]
+                if dropout_rng is not None else [None] * len(parts))
+        aux = self._aux_grads(len(parts) - 1)
+        grad_sets = [self.grads] + [views for _, views in aux]
+        jobs = [(idx[s], targets[s], grads, accumulate and k == 0, loss_scale * n / total, ignore_index, rng)
+                for k, (s, n, grads, rng) in enumerate(zip(parts, counts, grad_sets, rngs))]
+        losses = run_parallel(self._loss_and_grads_part, jobs)
+        run_parallel(_add_flat, [(self.flat_grads, [flat for flat, _ in aux], lo, hi)
+                                 for lo, hi in split(self.num_params, self.n_threads)])
+        return sum(loss * n for loss, n in zip(losses, counts)) / total, self.grads
+
+    def _loss_and_grads_part(self, idx, targets, G, accumulate, loss_scale, ignore_index, dropout_rng):
+        """Forward and backward of one batch slice into the gradient dict ``G``; returns its mean loss."""
         c = self.config
-        P, G = self.params, self.grads
+        P = self.params
         if not accumulate:
-            self.zero_grad()
+            for g in G.values():
+                g[...] = 0.0
         x, caches = self._forward(idx, dropout_rng, keep_cache=True)
         logits, head_cache = L.linear_forward(x, P["wte"].T)                        # (B, T, V)
-        loss, ce_cache = L.softmax_cross_entropy_forward(logits, targets, ignore_index)
+        # The logits, then the probabilities, then dlogits share one buffer: at GPT-2's
+        # vocabulary that is 2 fewer arrays of (B*T, 50257).
+        loss, ce_cache = L.softmax_cross_entropy_forward(logits, targets, ignore_index, overwrite_logits=True)
         del logits
 
         # Backward, in exact reverse order of _forward; every gradient is added into its slot.
         drop = c.dropout if dropout_rng is not None else 0.0
-        dlogits = L.softmax_cross_entropy_backward(loss_scale, ce_cache)            # (B, T, V)
+        dlogits = L.softmax_cross_entropy_backward(loss_scale, ce_cache, overwrite_cache=True)   # (B, T, V)
         dx, dwte_t, _ = L.linear_backward(dlogits, head_cache)                      # dwte_t: (C, V)
         del dlogits
         G["wte"] += dwte_t.T                                                        # lm-head path of the tie
         dx, dw, db = L.layernorm_backward(dx, caches.pop())
         G["ln_f.weight"] += dw
-        self._add_bias_grad("ln_f.bias", db)
+        _add_bias_grad(G, "ln_f.bias", db)
         for i in reversed(range(c.n_layer)):
             h = f"h.{i}."
             dm = dx                                                                 # residual: both branches get dx
             if drop:
                 dm = L.dropout_backward(dm, caches.pop())
-            dm = self._linear_back(dm, caches.pop(), h + "mlp.c_proj")
+            dm = _linear_back(G, dm, caches.pop(), h + "mlp.c_proj")
             dm = L.gelu_backward(dm, caches.pop())
-            dm = self._linear_back(dm, caches.pop(), h + "mlp.c_fc")
+            dm = _linear_back(G, dm, caches.pop(), h + "mlp.c_fc")
             dm, dw, db = L.layernorm_backward(dm, caches.pop())
             G[h + "ln_2.weight"] += dw
-            self._add_bias_grad(h + "ln_2.bias", db)
+            _add_bias_grad(G, h + "ln_2.bias", db)
             dx = dx + dm
             da = dx
             if drop:
                 da = L.dropout_backward(da, caches.pop())
-            da = self._linear_back(da, caches.pop(), h + "attn.c_proj")
+            da = _linear_back(G, da, caches.pop(), h + "attn.c_proj")
             da = L.attention_backward(da, caches.pop())
-            da = self._linear_back(da, caches.pop(), h + "attn.c_attn")
+            da = _linear_back(G, da, caches.pop(), h + "attn.c_attn")
             da, dw, db = L.layernorm_backward(da, caches.pop())
             G[h + "ln_1.weight"] += dw
-            self._add_bias_grad(h + "ln_1.bias", db)
+            _add_bias_grad(G, h + "ln_1.bias", db)
             dx = dx + da
         if drop:
             dx = L.dropout_backward(dx, caches.pop())
@@ -291,17 +337,26 @@ class GPT:
         G["wte"] += dwte                                                            # embedding path of the tie
         G["wpe"] += dwpe
         assert not caches
-        return float(loss), G
+        return float(loss)
 
-    def _linear_back(self, dout, cache, prefix):
-        dx, dw, db = L.linear_backward(dout, cache)
-        self.grads[prefix + ".weight"] += dw
-        self._add_bias_grad(prefix + ".bias", db)
-        return dx
+    # --- threads ---------------------------------------------------------------------------
 
-    def _add_bias_grad(self, name, db):
-        if name in self.grads:
-            self.grads[name] += db
+    def set_threads(self, n_threads):
+        """Use ``n_threads`` worker threads per step (1 disables the batch-parallel fast path)."""
+        if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
+            raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        self.n_threads = int(n_threads)
+        self._aux = []
+
+    def _batch_parts(self, B):
+        return [slice(lo, hi) for lo, hi in split(B, self.n_threads)]
+
+    def _aux_grads(self, n):
+        """``n`` spare (flat, named views) gradient buffers for worker threads, allocated once."""
+        while len(self._aux) < n:
+            flat = np.zeros(self.num_params, dtype=self.dtype)
+            self._aux.append((flat, _views(flat, self.layout)))
+        return self._aux[:n]
 
     def attention_maps(self, idx):
         """Attention probabilities of every layer, ``(n_layer, B, H, T, T)``, evaluation mode."""
@@ -367,3 +422,21 @@ class GPT:
                 if value.shape != p.shape:
                     raise ValueError(f"parameter {name} must have shape {p.shape}, got {value.shape}")
                 p[...] = value
+
+
+def _linear_back(G, dout, cache, prefix):
+    """Backward of a linear layer, adding its weight and bias gradients into ``G``."""
+    dx, dw, db = L.linear_backward(dout, cache)
+    G[prefix + ".weight"] += dw
+    _add_bias_grad(G, prefix + ".bias", db)
+    return dx
+
+
+def _add_bias_grad(G, name, db):
+    if name in G:             # absent when bias=False
+        G[name] += db
+
+
+def _add_flat(dst, sources, lo, hi):
+    for src in sources:
+        dst[lo:hi] += src[lo:hi]

@@ -26,6 +26,10 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     """Draw one id per row of ``logits`` (B, V). ``temperature == 0`` takes the argmax."""
     _check_sampling_args(temperature, top_k, top_p)
     logits = np.asarray(logits, dtype=np.float64)        # (B, V); float64 for the cumulative sums
+    if logits.ndim != 2 or logits.shape[1] == 0:
+        raise ValueError(f"logits must have shape (B, V) with V >= 1, got {logits.shape}")
+    if np.isnan(logits).any() or np.isposinf(logits).any() or not np.isfinite(logits.max(axis=-1)).all():
+        raise ValueError("logits hold NaN or +inf values, or a row that is all -inf: nothing can be sampled")
     if temperature == 0:
         return logits.argmax(axis=-1)
     logits = logits / temperature

@@ -205,10 +205,10 @@ def prepare_data(cfg, tokenizer=None, log=print):
     if tokenizer is None:
         tokenizer = build_tokenizer(cfg.tokenizer, text, cfg.vocab_size, log)
     ids = encode_array(tokenizer, text)
-    if len(ids) < 2 * (cfg.block_size + 1):
+    needed = 10 * (cfg.block_size + 1) + 1       # the 10% validation tail must hold one window
+    if len(ids) < needed:
         raise DataError(f"{description} gives only {len(ids)} tokens; a 90/10 split with block_size "
-                        f"{cfg.block_size} needs at least {20 * (cfg.block_size + 1)}: use more text or a "
-                        f"smaller --block_size")
+                        f"{cfg.block_size} needs at least {needed}: use more text or a smaller --block_size")
     train_ids, val_ids = split_train_val(ids, 0.1)
     check_data_fits(train_ids, cfg.block_size, "the training split")
     check_data_fits(val_ids, cfg.block_size, "the validation split (the last 10% of the text)")
@@ -246,7 +246,7 @@ def load_run(path, dtype=None):
     if meta.get("kind") != "numgpt-run" or "model_config" not in meta:
         raise CheckpointError(f"{path}: a numgpt checkpoint, but not of a training run (kind {meta.get('kind')!r})")
     config = GPTConfig.from_dict(meta["model_config"])
-    model = GPT(config, dtype=dtype or meta.get("dtype", "float32"))
+    model = GPT(config, dtype=dtype or meta.get("dtype", "float32"), init=False)
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     try:
         model.load_state_dict(params)

@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array
+from ._checks import check_dout, check_float_array, check_same_dtype
 from .softmax import softmax_backward_from_probs
 
 
@@ -112,6 +112,13 @@ def attention_step_forward(qkv, k_cache, v_cache, pos, n_head):
     logits of the two). Returns out (B, t, C); there is no backward.
     """
     check_float_array("qkv", qkv, ndim=3)
+    check_float_array("k_cache", k_cache, ndim=4)
+    check_float_array("v_cache", v_cache, ndim=4)
+    check_same_dtype(qkv=qkv, k_cache=k_cache, v_cache=v_cache)
+    if v_cache.shape != k_cache.shape:
+        raise ValueError(f"k_cache {k_cache.shape} and v_cache {v_cache.shape} must have one shape (B, H, T_max, D)")
+    if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)) or pos < 0:
+        raise ValueError(f"pos must be a non-negative integer (the number of cached positions), got {pos!r}")
     B, t, C3 = qkv.shape
     C = C3 // 3
     H, T_max, D = k_cache.shape[1:]

@@ -28,11 +28,13 @@ import numpy as np
 from ._checks import check_float_array, check_int_array
 
 
-def softmax_cross_entropy_forward(logits, targets, ignore_index=-1):
+def softmax_cross_entropy_forward(logits, targets, ignore_index=-1, *, overwrite_logits=False):
     """Mean cross-entropy of ``logits`` (..., V) against int ``targets`` (...).
 
     Targets equal to ``ignore_index`` contribute neither loss nor gradient.
     Returns ``(loss, cache)`` with ``loss`` a scalar of the logits' dtype.
+    ``overwrite_logits=True`` computes the probabilities in the logits' own
+    buffer (one (N, V) array less; for a caller that no longer needs them).
     """
     check_float_array("logits", logits, min_ndim=1)
     check_int_array("targets", targets)
@@ -40,6 +42,8 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=-1):
         raise ValueError(f"targets must have shape {logits.shape[:-1]} (logits shape {logits.shape} "
                          f"without the vocabulary axis), got {targets.shape}")
     V = logits.shape[-1]
+    if V == 0:
+        raise ValueError(f"logits must have at least one class on the last axis, got shape {logits.shape}")
     z = logits.reshape(-1, V)                              # (N, V)
     y = targets.reshape(-1)                                # (N,)
     valid = y != ignore_index                              # (N,)
@@ -51,22 +55,29 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=-1):
         bad = yv[(yv < 0) | (yv >= V)]
         raise ValueError(f"targets hold classes outside [0, {V}) that are not ignore_index={ignore_index}: "
                          f"e.g. {bad[:5].tolist()}")
-    shifted = z - z.max(axis=1, keepdims=True)             # (N, V), <= 0
-    probs = np.exp(shifted)                                # (N, V), unnormalised for now
+    if overwrite_logits:
+        shifted = z                                        # (N, V), the logits' buffer
+        shifted -= z.max(axis=1, keepdims=True)
+    else:
+        shifted = z - z.max(axis=1, keepdims=True)         # (N, V), <= 0
+    rows = np.flatnonzero(valid)                           # (M,)
+    target_shifted = shifted[rows, yv]                     # (M,), read before the buffer becomes probs
+    probs = np.exp(shifted, out=shifted)                   # (N, V), unnormalised for now
     sumexp = probs.sum(axis=1, keepdims=True)              # (N, 1), >= 1
     probs /= sumexp
-    rows = np.flatnonzero(valid)                           # (M,)
-    logp_target = shifted[rows, yv] - np.log(sumexp[rows, 0])   # (M,)
+    logp_target = target_shifted - np.log(sumexp[rows, 0])      # (M,)
     loss = logits.dtype.type(-logp_target.sum() / count)
     cache = (probs, rows, yv, count, logits.shape)
     return loss, cache
 
 
-def softmax_cross_entropy_backward(dloss=1.0, cache=None):
+def softmax_cross_entropy_backward(dloss=1.0, cache=None, *, overwrite_cache=False):
     """Gradient ``dlogits`` for an upstream scalar ``dloss`` (1.0 when the loss is the objective).
 
     Call as ``softmax_cross_entropy_backward(dloss, cache)`` or
-    ``softmax_cross_entropy_backward(cache=cache)``. See docs/derivations/cross_entropy.md.
+    ``softmax_cross_entropy_backward(cache=cache)``. ``overwrite_cache=True``
+    writes the gradient over the cached probabilities (no new (N, V) array; the
+    cache is spent). See docs/derivations/cross_entropy.md.
     """
     if cache is None:
         raise TypeError("softmax_cross_entropy_backward needs the cache returned by the forward")
@@ -75,8 +86,15 @@ def softmax_cross_entropy_backward(dloss=1.0, cache=None):
     if dloss_arr.shape != () or not np.issubdtype(dloss_arr.dtype, np.number):
         raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {dloss_arr.shape}")
     V = probs.shape[1]
-    dlogits = np.zeros_like(probs)                         # (N, V); ignored rows stay 0
-    dlogits[rows] = probs[rows]
+    if overwrite_cache:
+        dlogits = probs                                    # (N, V), p - onehot in place
+        if len(rows) < len(probs):
+            ignored = np.ones(len(probs), dtype=bool)
+            ignored[rows] = False
+            dlogits[ignored] = 0.0
+    else:
+        dlogits = np.zeros_like(probs)                     # (N, V); ignored rows stay 0
+        dlogits[rows] = probs[rows]
     dlogits[rows, yv] -= 1.0
     dlogits *= probs.dtype.type(float(dloss) / count)
     return dlogits.reshape(shape[:-1] + (V,))

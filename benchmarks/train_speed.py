@@ -1,0 +1,214 @@
+"""Training throughput of numgpt, optionally side by side with an equivalent PyTorch model.
+
+    python benchmarks/train_speed.py                      # every config, numgpt only
+    python benchmarks/train_speed.py --vs-torch           # + PyTorch (pip install torch==2.13.0)
+    python benchmarks/train_speed.py --configs baby small --threads 1 2 --repeats 3
+
+For each config and thread count it prints the median ms/step (forward + backward + clipping +
+AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N + 12 L C T per
+token, N the parameters without wpe), achieved GFLOP/s, that as a share of NumPy's float32 matmul
+peak measured in the same run (a 2048^3 matmul) and the peak RSS. Every measurement runs in its own
+process (NumPy's and PyTorch's thread pools fight when they share one), and with --vs-torch the two
+frameworks alternate, so drift of a shared machine hits both alike.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+CONFIGS = {
+    # name: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size)
+    "baby": (4, 4, 128, 64, 12, 65),
+    "small": (6, 6, 384, 256, 8, 65),
+    "gpt2": (12, 12, 768, 256, 4, 50257),
+}
+STEPS = {"baby": 40, "small": 8, "gpt2": 4}
+WARMUP = {"baby": 5, "small": 2, "gpt2": 1}
+
+
+def flops_per_step(n_layer, n_head, n_embd, block, batch, vocab):
+    n = n_layer * (12 * n_embd * n_embd + 13 * n_embd) + vocab * n_embd + 2 * n_embd
+    return (6 * n + 12 * n_layer * n_embd * block) * block * batch
+
+
+def peak_rss_mib():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- workers (each runs in a fresh process) ------------------------------------------------
+
+def worker_numgpt(cfg, steps, warmup):
+    import numpy as np
+
+    from numgpt.model import GPT, GPTConfig
+    from numgpt.optim import AdamW, clip_grad_norm, decay_mask_from_layout
+
+    L, H, C, T, B, V = cfg
+    model = GPT(GPTConfig(V, T, L, H, C), seed=0)
+    opt = AdamW(model.flat_params, model.flat_grads, decay_mask_from_layout(model.layout), lr=1e-4,
+                betas=(0.9, 0.99), weight_decay=0.1)
+    rng = np.random.default_rng(0)
+    times = []
+    for i in range(warmup + steps):
+        x = rng.integers(0, V, (B, T))
+        y = rng.integers(0, V, (B, T))
+        t0 = time.perf_counter()
+        model.loss_and_grads(x, y)
+        clip_grad_norm(model.flat_grads, 1.0)
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker_torch(cfg, steps, warmup, threads):
+    import math
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    L, H, C, T, B, V = cfg
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
+            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
+            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
+            self.register_buffer("mask", torch.tril(torch.ones(T, T, dtype=torch.bool)))
+
+        def forward(self, x):
+            b, t, c = x.shape
+            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
+            q, k, v = (z.view(b, t, H, c // H).transpose(1, 2) for z in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // H))
+            att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(dim=-1)
+            y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
+            x = x + self.c_proj(y)
+            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
+            self.h = nn.ModuleList(Block() for _ in range(L))
+            self.ln_f = nn.LayerNorm(C)
+
+        def forward(self, idx, targets):
+            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+            for block in self.h:
+                x = block(x)
+            logits = self.ln_f(x) @ self.wte.weight.T
+            return F.cross_entropy(logits.view(-1, V), targets.view(-1))
+
+    torch.manual_seed(0)
+    model = GPT()
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
+                            lr=1e-4, betas=(0.9, 0.99))
+    times = []
+    for i in range(warmup + steps):
+        x = torch.randint(0, V, (B, T))
+        y = torch.randint(0, V, (B, T))
+        t0 = time.perf_counter()
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
+def worker_matmul_peak():
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    a @ a
+    best = float("inf")
+    for _ in range(7):
+        t0 = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048 ** 3 / best / 1e9
+
+
+def run_worker(kind, config, threads, steps, warmup):
+    env = dict(os.environ)
+    env["OPENBLAS_NUM_THREADS"] = str(threads)
+    env["NUMGPT_THREADS"] = str(threads)
+    env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, __file__, "--worker", kind, "--configs", config, "--threads", str(threads),
+           "--steps", str(steps), "--warmup", str(warmup)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{kind} worker failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds per config")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default per config)")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--vs-torch", action="store_true", help="also time an equivalent PyTorch model")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        name = args.configs[0]
+        if args.worker == "peak":
+            print(json.dumps({"gflops": worker_matmul_peak()}))
+            return
+        steps = args.steps or STEPS[name]
+        warmup = WARMUP[name] if args.warmup is None else args.warmup
+        if args.worker == "numgpt":
+            times = worker_numgpt(CONFIGS[name], steps, warmup)
+        else:
+            times = worker_torch(CONFIGS[name], steps, warmup, args.threads[0])
+        print(json.dumps({"times": times, "rss_mib": peak_rss_mib()}))
+        return
+
+    import numpy as np
+    print(f"numgpt training speed; NumPy {np.__version__}, {os.cpu_count()} cores")
+    for threads in args.threads:
+        peak = run_worker("peak", "baby", threads, 0, 0)["gflops"]
+        print(f"\n== {threads} thread(s); NumPy float32 matmul peak {peak:.0f} GFLOP/s ==")
+        header = f"{'config':<7}{'framework':<10}{'ms/step':>10}{'tokens/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'RSS MiB':>9}"
+        print(header)
+        for name in args.configs:
+            cfg = CONFIGS[name]
+            tokens = cfg[3] * cfg[4]
+            flops = flops_per_step(*cfg)
+            kinds = ["numgpt", "torch"] if args.vs_torch else ["numgpt"]
+            times = {k: [] for k in kinds}
+            rss = {k: 0.0 for k in kinds}
+            for _ in range(args.repeats):
+                for kind in kinds:
+                    res = run_worker(kind, name, threads, args.steps or STEPS[name],
+                                     WARMUP[name] if args.warmup is None else args.warmup)
+                    times[kind] += res["times"]
+                    rss[kind] = max(rss[kind], res["rss_mib"])
+            ms = {}
+            for kind in kinds:
+                ms[kind] = 1000 * statistics.median(times[kind])
+                gflops = flops / (ms[kind] / 1000) / 1e9
+                print(f"{name:<7}{kind:<10}{ms[kind]:>10.1f}{tokens / (ms[kind] / 1000):>11,.0f}{gflops:>9.1f}"
+                      f"{100 * gflops / peak:>7.0f}%{rss[kind]:>9.0f}")
+            if args.vs_torch:
+                print(f"{name:<7}{'ratio':<10} numgpt/torch tokens/s = {ms['torch'] / ms['numgpt']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

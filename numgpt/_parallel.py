@@ -1,0 +1,64 @@
+"""A shared pool of worker threads for the hot path.
+
+NumPy releases the GIL inside BLAS calls and inside ufuncs on large arrays, so
+plain Python threads can keep every core busy: the training step runs one
+slice of the batch per thread, and the optimizer one slice of the parameter
+buffer per thread. While the workers run, BLAS is held to one thread each so
+the cores are not oversubscribed.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from ._blas import blas_threads
+
+_pool = None
+_pool_size = 0
+_lock = threading.Lock()
+
+
+def default_threads():
+    """Worker threads: ``$NUMGPT_THREADS``, else the number of cores (at most 4)."""
+    env = os.environ.get("NUMGPT_THREADS")
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"NUMGPT_THREADS must be a positive integer, got {env!r}")
+        return n
+    return max(1, min(os.cpu_count() or 1, 4))
+
+
+def _get_pool(workers):
+    global _pool, _pool_size
+    with _lock:
+        if _pool is None or _pool_size < workers:
+            if _pool is not None:
+                _pool.shutdown(wait=True)
+            _pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="numgpt")
+            _pool_size = workers
+        return _pool
+
+
+def run_parallel(fn, jobs):
+    """``[fn(*job) for job in jobs]``, concurrently: the first job in this thread, the rest on the pool."""
+    if len(jobs) == 1:
+        return [fn(*jobs[0])]
+    pool = _get_pool(len(jobs) - 1)
+    with blas_threads(1):
+        futures = [pool.submit(fn, *job) for job in jobs[1:]]
+        try:
+            results = [fn(*jobs[0])]
+        finally:
+            done = [f.result() for f in futures]     # always wait: workers write into shared buffers
+        return results + done
+
+
+def split(n, parts):
+    """``parts`` contiguous (lo, hi) ranges covering range(n), as equal as possible."""
+    parts = max(1, min(parts, n))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    return list(zip(bounds[:-1], bounds[1:]))

@@ -1,0 +1,319 @@
+"""Tests for numgpt.cli: an end-to-end train -> checkpoint -> sample run, the
+nanoGPT flag names, precedence of flags over a --config file, resuming, and
+clear one-line errors (never a traceback) for bad flags, data and checkpoints."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from numgpt.checkpoint import load_checkpoint
+from numgpt.cli import main
+from numgpt.model import GPT
+
+_SENTENCES = [
+    "The lighthouse keeper climbed the stairs at dusk and lit the lamp.",
+    "Four geese crossed the road in single file while the traffic waited.",
+    "A letter arrived with no stamp, no address and a faint smell of pine.",
+    "They argued about the map for an hour and then took the wrong turning.",
+    "Snow fell quietly on the orchard, covering the last of the apples.",
+    "Every Tuesday the baker saved one loaf for the schoolteacher.",
+    "The experiment failed twice before anyone thought to check the fuse.",
+    "Her grandmother kept buttons in a tin that once held peppermints.",
+]
+
+TINY_FLAGS = ["--n_layer", "1", "--n_head", "2", "--n_embd", "16", "--block_size", "16", "--batch_size", "4",
+              "--eval_interval", "10", "--eval_iters", "2", "--warmup_iters", "2", "--lr_decay_iters", "20",
+              "--log_interval", "5", "--sample_tokens", "0", "--seed", "0"]
+
+
+@pytest.fixture
+def textfile(tmp_path):
+    rng = np.random.default_rng(0)
+    lines = [_SENTENCES[i] for i in rng.integers(0, len(_SENTENCES), 100)]
+    path = tmp_path / "input.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def no_traceback_env(monkeypatch):
+    monkeypatch.delenv("NUMGPT_TRACEBACK", raising=False)
+
+
+def train_args(textfile, out_dir, *extra):
+    return ["train", "--data", str(textfile), "--out_dir", str(out_dir), *TINY_FLAGS, *extra]
+
+
+def assert_clean_error(capsys, *fragments):
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} not in {err!r}"
+    return err
+
+
+# --- end to end ---------------------------------------------------------------------------------
+
+def test_train_checkpoint_sample_end_to_end(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "20")) == 0
+    stdout = capsys.readouterr().out
+    assert "done: 20 iterations" in stdout
+    assert (out / "ckpt.npz").is_file() and (out / "metrics.jsonl").is_file()
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["iter_num"] == 20
+    assert meta["model_config"]["n_embd"] == 16 and meta["model_config"]["n_layer"] == 1
+    for line in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        json.loads(line)
+
+    assert main(["sample", "--out_dir", str(out), "--max_new_tokens", "50", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert len(text.rstrip("\n")) >= 50
+    vocabulary = set(textfile.read_text(encoding="utf-8"))
+    assert set(text) <= vocabulary
+    # seeded: the same text again
+    assert main(["sample", "--out_dir", str(out), "--max_new_tokens", "50", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == text
+    # a prompt, several samples, a stop string
+    assert main(["sample", "--out_dir", str(out), "--prompt", "The ", "--num_samples", "2",
+                 "--max_new_tokens", "20", "--seed", "2", "--top_k", "5", "--temperature", "0.7"]) == 0
+    text = capsys.readouterr().out
+    assert text.count("--- sample") == 2 and text.count("The ") >= 2
+
+
+def test_train_help_lists_every_nanogpt_flag_with_its_default(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "NUMGPT_TRACEBACK"}
+    proc = subprocess.run([sys.executable, "-m", "numgpt", "train", "--help"], capture_output=True, text=True,
+                          cwd=tmp_path, env=env, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    text = " ".join(proc.stdout.split())          # undo argparse's line wrapping
+    defaults = {"--n_layer": "4", "--n_head": "4", "--n_embd": "128", "--block_size": "64", "--batch_size": "12",
+                "--max_iters": "2000", "--learning_rate": "0.001", "--min_lr": "0.0001", "--warmup_iters": "100",
+                "--lr_decay_iters": "2000", "--weight_decay": "0.1", "--beta1": "0.9", "--beta2": "0.99",
+                "--grad_clip": "1.0", "--dropout": "0.0", "--eval_interval": "250", "--eval_iters": "20",
+                "--seed": "1337", "--out_dir": "'out'", "--dtype": "'float32'", "--log_interval": "10",
+                "--resume": "False"}
+    for flag in list(defaults) + ["--config"]:
+        assert f"[{flag}" in text, f"{flag} missing from the usage line"
+    options = text[text.index("options:"):]
+    for flag, default in defaults.items():
+        start = options.index(f" {flag} ")
+        described = options[start:start + 250]
+        assert f"(default: {default})" in described, (flag, described)
+
+
+# --- bad flags -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["train", "--n_layers", "2"], "unrecognized arguments"),
+    (["train", "--max_iters", "abc"], "expected an integer"),
+    (["train", "--learning_rate", "fast"], "expected a number"),
+    (["train", "--dtype", "float16"], "invalid choice"),
+    (["sample", "--max_new_tokens", "0"], "positive integer"),
+    (["sample", "--temperature", "-1"], ">= 0"),
+    (["frobnicate"], "invalid choice"),
+    ([], "COMMAND"),
+])
+def test_argparse_rejects_bad_flags(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert_clean_error(capsys, fragment)
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--n_head", "3", "--n_embd", "128"], "divisible"),
+    (["--dropout", "1.5"], "dropout"),
+    (["--min_lr", "0.1", "--learning_rate", "0.01"], "min_lr"),
+    (["--beta2", "1.0"], "beta2"),
+    (["--batch_size", "0"], "batch_size"),
+])
+def test_bad_values_give_one_line_errors(textfile, tmp_path, extra, fragment, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "2", *extra)) == 1
+    err = assert_clean_error(capsys, "numgpt train: error:", fragment)
+    assert len(err.strip().splitlines()) == 1
+    assert not (out / "ckpt.npz").exists()
+
+
+# --- config file and resume -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("suffix", [".json", ".toml"])
+def test_flags_override_the_config_file(textfile, tmp_path, suffix, capsys):
+    settings = {"data": str(textfile), "n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 16, "batch_size": 4,
+                "max_iters": 5, "eval_interval": 5, "eval_iters": 2, "warmup_iters": 1, "lr_decay_iters": 10,
+                "sample_tokens": 0, "out_dir": str(tmp_path / "from_file")}
+    path = tmp_path / f"cfg{suffix}"
+    if suffix == ".json":
+        path.write_text(json.dumps(settings), encoding="utf-8")
+    else:
+        path.write_text("".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items()), encoding="utf-8")
+    out = tmp_path / "from_flag"
+    argv = ["train", "--config", str(path), "--max_iters", "7", "--out_dir", str(out)]
+    if suffix == ".toml" and sys.version_info < (3, 11):      # no tomllib: a clear error instead
+        assert main(argv) == 1
+        assert_clean_error(capsys, "TOML")
+        return
+    assert main(argv) == 0
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["iter_num"] == 7                                   # the flag wins
+    assert meta["model_config"]["n_embd"] == 8                     # the file is used where no flag is given
+    assert meta["train_config"]["lr_decay_iters"] == 10
+    assert not (tmp_path / "from_file").exists()
+
+
+def test_config_file_with_unknown_key(tmp_path, capsys):
+    path = tmp_path / "cfg.json"
+    path.write_text('{"n_layers": 2}', encoding="utf-8")
+    assert main(["train", "--config", str(path)]) == 1
+    assert_clean_error(capsys, "n_layers")
+
+
+def test_resume_continues(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "10", "--n_embd", "8")) == 0
+    before = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    # only out_dir and the new max_iters: everything else comes from the checkpoint
+    assert main(["train", "--resume", "--out_dir", str(out), "--max_iters", "20"]) == 0
+    stdout = capsys.readouterr().out
+    assert "resumed from" in stdout and "at iteration 10" in stdout
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["iter_num"] == 20
+    assert meta["model_config"]["n_embd"] == 8
+    after = (out / "metrics.jsonl").read_text(encoding="utf-8")
+    assert after.startswith(before) and len(after) > len(before)
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    assert main(["train", "--resume", "--out_dir", str(tmp_path / "empty")]) == 1
+    assert_clean_error(capsys, "no checkpoint")
+
+
+def test_no_bias_flag(textfile, tmp_path):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "2", "--no-bias")) == 0
+    arrays, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["model_config"]["bias"] is False
+    assert not any(name.endswith(".bias") for name in arrays)
+
+
+# --- errors at run time ----------------------------------------------------------------------------------
+
+def test_sample_prompt_outside_the_vocabulary(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "2")) == 0
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(out), "--prompt", "Zebra \u2603", "--max_new_tokens", "5"]) == 1
+    assert_clean_error(capsys, "numgpt sample: error:", "not in the vocabulary", "'\u2603'")
+
+
+def test_sample_bad_top_p(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "2")) == 0
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(out), "--top_p", "1.5", "--max_new_tokens", "5"]) == 1
+    assert_clean_error(capsys, "top_p")
+
+
+def test_sample_without_checkpoint(tmp_path, capsys):
+    assert main(["sample", "--out_dir", str(tmp_path / "nothing"), "--max_new_tokens", "5"]) == 1
+    assert_clean_error(capsys, "no checkpoint", "numgpt train")
+
+
+def test_sample_from_a_task_checkpoint(tmp_path, capsys):
+    out = tmp_path / "sort"
+    assert main(["train", "--task", "sort", "--out_dir", str(out), "--max_iters", "2", "--n_layer", "1",
+                 "--n_head", "2", "--n_embd", "8", "--batch_size", "4", "--eval_iters", "1",
+                 "--eval_interval", "2"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(out), "--max_new_tokens", "5"]) == 1
+    assert_clean_error(capsys, "synthetic-task checkpoint")
+
+
+def test_corrupt_checkpoint(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "ckpt.npz").write_bytes(b"not a zip file")
+    assert main(["sample", "--out_dir", str(out)]) == 1
+    assert_clean_error(capsys, "ckpt.npz")
+
+
+@pytest.mark.parametrize("content, fragment", [(b"", "empty"), (b"\xff\xfe" + b"abc" * 500, "UTF-8"),
+                                               (b"short", "block_size")])
+def test_unusable_data(tmp_path, content, fragment, capsys):
+    path = tmp_path / "data.txt"
+    path.write_bytes(content)
+    assert main(train_args(path, tmp_path / "out", "--max_iters", "2")) == 1
+    assert_clean_error(capsys, "numgpt train: error:", fragment)
+
+
+def test_shakespeare_offline_points_to_data_path(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("NUMGPT_CACHE", str(tmp_path / "cache"))      # no cached copy
+    attempts = []
+
+    def offline(url, *args, **kwargs):
+        attempts.append(url)
+        raise urllib.error.URLError("network is unreachable (simulated)")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    assert main(["train", "--data", "shakespeare", "--out_dir", str(tmp_path / "out"), "--max_iters", "1"]) == 1
+    assert attempts, "the download was not attempted through urllib.request.urlopen"
+    assert_clean_error(capsys, "--data PATH", "shakespeare")
+    assert not list((tmp_path / "cache").glob("*.part"))
+
+
+def test_non_finite_loss_is_reported_without_traceback(textfile, tmp_path, monkeypatch, capsys):
+    original = GPT.loss_and_grads
+
+    def nan_loss(self, *args, **kwargs):
+        _, grads = original(self, *args, **kwargs)
+        return float("nan"), grads
+
+    monkeypatch.setattr(GPT, "loss_and_grads", nan_loss)
+    assert main(train_args(textfile, tmp_path / "out", "--max_iters", "5")) == 1
+    assert_clean_error(capsys, "non-finite loss", "iteration 0")
+
+
+def test_ctrl_c_saves_and_prints_how_to_resume(textfile, tmp_path, monkeypatch, capsys):
+    original = GPT.loss_and_grads
+    calls = {"n": 0}
+
+    def interrupt_at_3(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            signal.raise_signal(signal.SIGINT)
+        return result
+
+    monkeypatch.setattr(GPT, "loss_and_grads", interrupt_at_3)
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "20")) == 130
+    stdout = capsys.readouterr().out
+    assert "--resume" in stdout and str(out) in stdout
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["iter_num"] == 3
+    monkeypatch.undo()
+    assert main(["train", "--resume", "--out_dir", str(out)]) == 0
+    _, meta = load_checkpoint(out / "ckpt.npz")
+    assert meta["iter_num"] == 20
+
+
+def test_gradcheck_command(capsys):
+    assert main(["gradcheck", "--method", "adjoint"]) == 0
+    out = capsys.readouterr().out
+    assert "all" in out and "checks passed" in out and "FAIL" not in out
+
+
+def test_unusable_out_dir_is_a_clear_error(textfile, tmp_path, capsys):
+    # out_dir below a regular file cannot be created: one line naming the path, no traceback
+    bad = textfile / "out"
+    assert main(train_args(textfile, bad, "--max_iters", "1")) == 1
+    assert_clean_error(capsys, "numgpt train: error:", str(bad))

@@ -1,0 +1,319 @@
+"""Tests for numgpt.optim: AdamW against a per-tensor reference written from
+PyTorch's formulas, gradient clipping, the learning-rate schedule, and one
+optimizer step after gradient accumulation against one step on the big batch."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from numgpt.model import GPT, GPTConfig
+from numgpt.optim import (
+    AdamW,
+    clip_grad_norm,
+    cosine_lr,
+    decay_mask_from_layout,
+    grad_norm,
+)
+
+LAYOUT = [("wte", (5, 3)), ("bias", (4,)), ("w", (2, 3, 2)), ("gain", (3,))]
+SIZE = sum(math.prod(s) for _, s in LAYOUT)
+
+
+def reference_adamw(tensors, grads_per_step, lrs, betas, eps, weight_decay):
+    """torch.optim.AdamW, written out tensor by tensor; decay only on tensors of 2+ dims."""
+    b1, b2 = betas
+    params = {k: v.copy() for k, v in tensors.items()}
+    m = {k: np.zeros_like(v) for k, v in params.items()}
+    v = {k: np.zeros_like(p) for k, p in params.items()}
+    for step, (grads, lr) in enumerate(zip(grads_per_step, lrs, strict=True), start=1):
+        for name, p in params.items():
+            g = grads[name]
+            if p.ndim >= 2:
+                p *= 1 - lr * weight_decay
+            m[name] = b1 * m[name] + (1 - b1) * g
+            v[name] = b2 * v[name] + (1 - b2) * g * g
+            bias_correction1 = 1 - b1 ** step
+            bias_correction2 = 1 - b2 ** step
+            denom = np.sqrt(v[name]) / math.sqrt(bias_correction2) + eps
+            p -= (lr / bias_correction1) * m[name] / denom
+    return params
+
+
+def split(flat):
+    out, offset = {}, 0
+    for name, shape in LAYOUT:
+        size = math.prod(shape)
+        out[name] = flat[offset:offset + size].reshape(shape)
+        offset += size
+    return out
+
+
+def test_decay_mask_from_layout():
+    mask = decay_mask_from_layout(LAYOUT)
+    assert mask.dtype == bool and mask.shape == (SIZE,)
+    parts = split(mask)
+    assert parts["wte"].all() and parts["w"].all()
+    assert not parts["bias"].any() and not parts["gain"].any()
+    assert decay_mask_from_layout([]).shape == (0,)
+
+
+@pytest.mark.parametrize("betas, weight_decay", [((0.9, 0.95), 0.1), ((0.8, 0.999), 0.5), ((0.0, 0.5), 0.0)])
+def test_adamw_matches_reference(betas, weight_decay):
+    rng = np.random.default_rng(0)
+    params = rng.standard_normal(SIZE)
+    grads = np.zeros(SIZE)
+    eps = 1e-8
+    opt = AdamW(params, grads, decay_mask_from_layout(LAYOUT), lr=1e-2, betas=betas, eps=eps,
+                weight_decay=weight_decay)
+    start = {k: v.copy() for k, v in split(params).items()}
+    steps, lrs = [], [1e-2, 3e-2, 5e-3, 1e-2, 2e-2, 1e-3]
+    for lr in lrs:
+        g = rng.standard_normal(SIZE) * rng.choice([1e-3, 1.0, 10.0])
+        grads[...] = g
+        steps.append({k: v.copy() for k, v in split(g).items()})
+        opt.step(lr)
+    expected = reference_adamw(start, steps, lrs, betas, eps, weight_decay)
+    for name, p in split(params).items():
+        np.testing.assert_allclose(p, expected[name], rtol=1e-12, atol=1e-14, err_msg=name)
+    assert opt.t == len(lrs)
+
+
+def test_default_lr_is_used_when_step_gets_none():
+    a_params, b_params = np.ones(4), np.ones(4)
+    g = np.full(4, 0.5)
+    a = AdamW(a_params, g.copy(), lr=0.1, weight_decay=0.0)
+    b = AdamW(b_params, g.copy(), lr=0.7, weight_decay=0.0)
+    a.step()
+    b.step(0.1)
+    np.testing.assert_array_equal(a_params, b_params)
+
+
+def test_first_step_is_about_lr_per_element():
+    # Bias correction: after one step m_hat = g and v_hat = g^2, so the update is
+    # lr * g / (|g| + eps): lr in magnitude, against the sign of g, whatever |g| is.
+    rng = np.random.default_rng(1)
+    params = rng.standard_normal(SIZE)
+    start = params.copy()
+    grads = rng.standard_normal(SIZE) * np.logspace(-3, 2, SIZE)
+    lr = 0.01
+    mask = decay_mask_from_layout(LAYOUT)
+    AdamW(params, grads, mask, lr=lr, betas=(0.9, 0.95), weight_decay=0.1).step()
+    delta = params - start
+    keep = ~mask
+    adam = -lr * grads / (np.abs(grads) + 1e-8)
+    np.testing.assert_allclose(delta[keep], adam[keep], rtol=1e-10)
+    np.testing.assert_allclose(np.abs(delta[keep]), lr, rtol=1e-3)
+    # decayed entries also shrink by lr * wd * p
+    np.testing.assert_allclose(delta[mask], -lr * 0.1 * start[mask] + adam[mask], rtol=1e-10)
+
+
+def test_weight_decay_only_on_masked_entries():
+    params = np.ones(SIZE)
+    grads = np.zeros(SIZE)          # no gradient: only weight decay moves anything
+    mask = decay_mask_from_layout(LAYOUT)
+    opt = AdamW(params, grads, mask, lr=0.1, weight_decay=0.5)
+    opt.step()
+    np.testing.assert_allclose(params[mask], 1 - 0.1 * 0.5)
+    np.testing.assert_array_equal(params[~mask], 1.0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"betas": (1.0, 0.9)}, "beta1"),
+    ({"betas": (-0.1, 0.9)}, "beta1"),
+    ({"betas": (0.9, 1.0)}, "beta2"),
+    ({"betas": (0.9, 1.5)}, "beta2"),
+    ({"eps": 0.0}, "eps"),
+    ({"eps": -1e-8}, "eps"),
+    ({"eps": float("nan")}, "eps"),
+    ({"weight_decay": -0.1}, "weight_decay"),
+    ({"lr": -1e-3}, "lr"),
+])
+def test_adamw_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AdamW(np.zeros(4), np.zeros(4), **kwargs)
+
+
+def test_adamw_buffer_validation():
+    with pytest.raises(ValueError, match="1-D"):
+        AdamW(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="dtype"):
+        AdamW(np.zeros(4), np.zeros(4, dtype=np.float32))
+    with pytest.raises(ValueError, match="decay_mask"):
+        AdamW(np.zeros(4), np.zeros(4), decay_mask=np.ones(3, dtype=bool))
+
+
+def test_adamw_float32_stays_float32():
+    params = np.ones(8, dtype=np.float32)
+    grads = np.full(8, 0.3, dtype=np.float32)
+    opt = AdamW(params, grads, lr=0.1)
+    opt.step()
+    assert params.dtype == opt.m.dtype == opt.v.dtype == np.float32
+    assert (params < 1).all()
+
+
+def test_adamw_state_dict_round_trip():
+    rng = np.random.default_rng(2)
+    p1 = rng.standard_normal(SIZE)
+    g1 = np.zeros(SIZE)
+    mask = decay_mask_from_layout(LAYOUT)
+    opt1 = AdamW(p1, g1, mask, lr=1e-2)
+    for _ in range(3):
+        g1[...] = rng.standard_normal(SIZE)
+        opt1.step()
+    state = opt1.state_dict()
+    assert state["t"] == 3
+    state_copy = {k: (v.copy() if isinstance(v, np.ndarray) else v) for k, v in state.items()}
+    p2, g2 = p1.copy(), np.zeros(SIZE)
+    opt2 = AdamW(p2, g2, mask, lr=1e-2)
+    opt2.load_state_dict(state)
+    g_next = rng.standard_normal(SIZE)
+    g1[...] = g_next
+    g2[...] = g_next
+    opt1.step()
+    opt2.step()
+    np.testing.assert_array_equal(p1, p2)
+    # state_dict is a snapshot, not a view of the live moments
+    np.testing.assert_array_equal(state["m"], state_copy["m"])
+    with pytest.raises(ValueError, match="shape"):
+        opt2.load_state_dict({"m": np.zeros(3), "v": np.zeros(3), "t": 1})
+
+
+# --- clipping ------------------------------------------------------------------------------------
+
+def test_clip_grad_norm_scales_to_max_norm():
+    grads = np.array([3.0, 4.0, 0.0, 12.0])                 # norm 13
+    norm = clip_grad_norm(grads, 1.0)
+    assert norm == pytest.approx(13.0, rel=1e-15)          # the norm before clipping
+    assert grad_norm(grads) == pytest.approx(1.0, rel=1e-6)
+    np.testing.assert_allclose(grads, np.array([3, 4, 0, 12]) / 13, rtol=1e-6)
+
+
+def test_clip_grad_norm_no_op_below_and_disabled_with_zero():
+    grads = np.array([0.3, 0.4])
+    assert clip_grad_norm(grads, 1.0) == pytest.approx(0.5)
+    np.testing.assert_array_equal(grads, [0.3, 0.4])
+    big = np.array([30.0, 40.0])
+    assert clip_grad_norm(big, 0.0) == pytest.approx(50.0)
+    np.testing.assert_array_equal(big, [30.0, 40.0])
+
+
+def test_clip_grad_norm_float32_large_buffer():
+    # 3 million float32 entries: the norm must not drift by more than float32 summation allows
+    grads = np.full(3_000_000, 1e-3, dtype=np.float32)
+    norm = clip_grad_norm(grads, 0.5)
+    assert isinstance(norm, float)
+    assert norm == pytest.approx(math.sqrt(3.0), rel=1e-4)
+    assert grads.dtype == np.float32
+    assert grad_norm(grads) == pytest.approx(0.5, rel=1e-4)
+
+
+@given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=1, max_size=20),
+       st.floats(1e-3, 1e3))
+def test_clip_grad_norm_property(values, max_norm):
+    grads = np.array(values)
+    before = float(np.sqrt(np.sum(grads ** 2)))
+    original = grads.copy()
+    norm = clip_grad_norm(grads, max_norm)
+    assert norm == pytest.approx(before, rel=1e-12, abs=1e-300)
+    assert grad_norm(grads) <= max_norm * (1 + 1e-9) or grad_norm(grads) <= before
+    if before <= max_norm:
+        np.testing.assert_array_equal(grads, original)
+    else:
+        assert grad_norm(grads) == pytest.approx(max_norm, rel=1e-5)
+        # direction unchanged
+        np.testing.assert_allclose(grads * before / grad_norm(grads), original, rtol=1e-9, atol=1e-9)
+
+
+# --- schedule ---------------------------------------------------------------------------------------------
+
+def test_cosine_lr_warmup_peak_and_floor():
+    lr, min_lr, warmup, decay = 1e-3, 1e-4, 10, 100
+    first = cosine_lr(0, lr, min_lr, warmup, decay)
+    assert first > 0
+    assert first == pytest.approx(lr / (warmup + 1))
+    warm = [cosine_lr(i, lr, min_lr, warmup, decay) for i in range(warmup)]
+    np.testing.assert_allclose(np.diff(warm), lr / (warmup + 1))      # linear
+    assert cosine_lr(warmup, lr, min_lr, warmup, decay) == pytest.approx(lr)
+    after = [cosine_lr(i, lr, min_lr, warmup, decay) for i in range(warmup, decay + 1)]
+    assert all(np.diff(after) < 0)                                   # strictly decreasing
+    assert cosine_lr(decay, lr, min_lr, warmup, decay) == pytest.approx(min_lr)
+    assert all(cosine_lr(i, lr, min_lr, warmup, decay) == min_lr for i in range(decay, decay + 50))
+    # halfway through the decay the cosine is at its midpoint
+    mid = (warmup + decay) // 2
+    assert cosine_lr(mid, lr, min_lr, warmup, decay) == pytest.approx((lr + min_lr) / 2)
+
+
+def test_cosine_lr_without_warmup_starts_at_peak():
+    assert cosine_lr(0, 1e-3, 1e-4, 0, 100) == pytest.approx(1e-3)
+
+
+@given(st.integers(0, 50), st.integers(1, 200), st.integers(0, 400))
+def test_cosine_lr_bounds(warmup, decay_extra, it):
+    lr, min_lr = 6e-4, 6e-5
+    decay = warmup + decay_extra
+    value = cosine_lr(it, lr, min_lr, warmup, decay)
+    assert 0 < value <= lr * (1 + 1e-12)
+    if it >= warmup:
+        assert value >= min_lr * (1 - 1e-12)
+        assert value >= cosine_lr(it + 1, lr, min_lr, warmup, decay)
+
+
+# --- gradient accumulation through the optimizer ------------------------------------------------------------
+
+def test_accumulated_micro_batches_give_the_same_update_as_one_batch():
+    config = GPTConfig(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=16)
+    a = GPT(config, seed=3, dtype=np.float64)
+    b = GPT(config, seed=3, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 17, size=(6, 8))
+    y = rng.integers(0, 17, size=(6, 8))
+    opts = [AdamW(m.flat_params, m.flat_grads, decay_mask_from_layout(m.layout), lr=1e-2, weight_decay=0.1)
+            for m in (a, b)]
+    for _ in range(3):
+        # a: three micro-batches of 2, each scaled by 1/3; b: one batch of 6
+        for micro in range(3):
+            a.loss_and_grads(x[2 * micro:2 * micro + 2], y[2 * micro:2 * micro + 2],
+                             accumulate=micro > 0, loss_scale=1 / 3)
+        b.loss_and_grads(x, y)
+        np.testing.assert_allclose(a.flat_grads, b.flat_grads, rtol=1e-10, atol=1e-15)
+        norms = [clip_grad_norm(m.flat_grads, 1.0) for m in (a, b)]
+        assert norms[0] == pytest.approx(norms[1], rel=1e-12)
+        for opt in opts:
+            opt.step()
+        np.testing.assert_allclose(a.flat_params, b.flat_params, rtol=0, atol=1e-10)
+    assert not np.array_equal(a.flat_params, GPT(config, seed=3, dtype=np.float64).flat_params)
+
+
+def test_blocked_and_threaded_update_matches_the_plain_formula():
+    # Large enough for several cache blocks and both threads, with a decay mask that is
+    # all True in some blocks and mixed in others.
+    layout = [("w1", (300, 400)), ("b1", (400,)), ("w2", (200, 300)), ("g", (5000,)), ("w3", (123, 7))]
+    n = sum(math.prod(s) for _, s in layout)
+    mask = decay_mask_from_layout(layout)
+    rng = np.random.default_rng(4)
+    start = rng.standard_normal(n)
+    b1, b2, eps, wd = 0.9, 0.99, 1e-8, 0.1
+    runs = []
+    for n_threads in (1, 2, 3):
+        params, grads = start.copy(), np.zeros(n)
+        opt = AdamW(params, grads, mask, lr=1e-2, betas=(b1, b2), eps=eps, weight_decay=wd, n_threads=n_threads)
+        g_rng = np.random.default_rng(5)
+        for _ in range(3):
+            grads[...] = g_rng.standard_normal(n)
+            opt.step(2e-2)
+        runs.append(params)
+    # the plain formula, over the whole buffer at once
+    p, m, v = start.copy(), np.zeros(n), np.zeros(n)
+    g_rng = np.random.default_rng(5)
+    for t in range(1, 4):
+        g = g_rng.standard_normal(n)
+        p = np.where(mask, p * (1 - 2e-2 * wd), p)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        p = p - 2e-2 * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+    for params in runs:
+        np.testing.assert_allclose(params, p, rtol=1e-12, atol=1e-14)
+    np.testing.assert_array_equal(runs[0], runs[1])
