@@ -32,10 +32,12 @@ float32 round-off alone is about 1e-7 / h.
 
 Error measures. For analytic a and numerical n (arrays of one shape):
 
-* relative error :math:`\max_i \frac{|a_i - n_i|}{\max(|a_i|, |n_i|, \text{floor})}`;
-  the floor (default 1e-5) keeps entries that are genuinely zero or tiny, where
-  both sides are mostly round-off, from reading as large relative errors: below
-  the floor the measure becomes absolute (1e-7 relative = 1e-12 absolute);
+* relative error :math:`\max_i \frac{|a_i - n_i|}{\max(|a_i|, |n_i|, \text{floor})}`
+  with :math:`\text{floor} = 10^{-5} \max(1, \max_j |a_j|, \max_j |n_j|)`: it keeps
+  entries that are genuinely zero or tiny, where both sides are mostly
+  round-off, from reading as large relative errors. Below the floor the
+  measure becomes absolute (1e-7 relative = 1e-12 absolute for gradients of
+  order 1); it grows with the gradient's scale because round-off does;
 * the pass criterion, element-wise: :math:`|a_i - n_i| \le \text{atol} + \text{rtol}\,\max(|a_i|, |n_i|)`.
 """
 
@@ -104,14 +106,19 @@ def numerical_gradient(f, x, h=None, order=2):
 
 # --- comparing gradients -------------------------------------------------------
 
-def rel_error(analytic, numeric, floor=DEFAULT_FLOOR):
-    """``max_i |a_i - n_i| / max(|a_i|, |n_i|, floor)`` (0.0 for empty arrays)."""
+def rel_error(analytic, numeric, floor=None):
+    """``max_i |a_i - n_i| / max(|a_i|, |n_i|, floor)`` (0.0 for empty arrays).
+
+    ``floor`` defaults to ``1e-5 * max(1, max|a|, max|n|)`` (see the module docstring).
+    """
     a = np.asarray(analytic, dtype=np.float64)
     n = np.asarray(numeric, dtype=np.float64)
     if a.shape != n.shape:
         raise ValueError(f"analytic and numeric gradients differ in shape: {a.shape} vs {n.shape}")
     if a.size == 0:
         return 0.0
+    if floor is None:
+        floor = DEFAULT_FLOOR * max(1.0, float(np.abs(a).max()), float(np.abs(n).max()))
     scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
     return float(np.max(np.abs(a - n) / scale))
 

@@ -64,6 +64,8 @@ def attention_forward(qkv, n_head):
     C = C3 // 3
     if C % n_head:
         raise ValueError(f"C={C} (qkv shape {qkv.shape}) is not divisible by n_head={n_head}")
+    if T == 0 or C == 0:
+        raise ValueError(f"qkv must hold at least one position and one feature, got shape {qkv.shape}")
     scale = 1.0 / math.sqrt(C // n_head)
     q = split_heads(qkv[:, :, :C], n_head)              # (B, H, T, D)
     k = split_heads(qkv[:, :, C:2 * C], n_head)         # (B, H, T, D)

@@ -36,6 +36,8 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     check_float_array("bias", bias, ndim=1)
     check_same_dtype(x=x, weight=weight, bias=bias)
     C = x.shape[-1]
+    if C == 0:
+        raise ValueError(f"x must have at least one feature to normalise, got shape {x.shape}")
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must have shape ({C},) for x of shape {x.shape}, "
                          f"got weight {weight.shape} and bias {bias.shape}")

@@ -14,6 +14,8 @@ Derivation: docs/derivations/linear.md.
 """
 
 
+import math
+
 from ._checks import check_dout, check_float_array, check_same_dtype
 
 
@@ -30,7 +32,8 @@ def linear_forward(x, w, b=None):
     if b is not None and b.shape != (w.shape[1],):
         raise ValueError(f"b must have shape ({w.shape[1]},) to match w {w.shape}, got {b.shape}")
     # One 2-D GEMM over all rows: a 3-D ``x @ w`` runs as B separate small matmuls.
-    out = (x.reshape(-1, w.shape[0]) @ w).reshape(x.shape[:-1] + (w.shape[1],))   # (..., out)
+    N = math.prod(x.shape[:-1])
+    out = (x.reshape(N, w.shape[0]) @ w).reshape(x.shape[:-1] + (w.shape[1],))   # (..., out)
     if b is not None:
         out += b
     cache = (x, w, b is not None)
@@ -44,8 +47,9 @@ def linear_backward(dout, cache):
     """
     x, w, has_bias = cache
     check_dout(dout, x.shape[:-1] + (w.shape[1],), x.dtype)
-    x2 = x.reshape(-1, w.shape[0])           # (N, in)
-    dout2 = dout.reshape(-1, w.shape[1])     # (N, out)
+    N = math.prod(x.shape[:-1])
+    x2 = x.reshape(N, w.shape[0])            # (N, in)
+    dout2 = dout.reshape(N, w.shape[1])      # (N, out)
     dx = (dout2 @ w.T).reshape(x.shape)      # (..., in); a transposed view costs BLAS nothing
     dw = x2.T @ dout2                        # (in, out)
     db = dout2.sum(axis=0) if has_bias else None   # (out,)

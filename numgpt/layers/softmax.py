@@ -25,8 +25,14 @@ from ._checks import check_dout, check_float_array
 
 
 def softmax_forward(x):
-    """Softmax of ``x`` (..., K) over its last axis; returns ``(probs, cache)``."""
+    """Softmax of ``x`` (..., K) over its last axis; returns ``(probs, cache)``.
+
+    The cache holds ``probs`` itself (no copy): modify the returned array in
+    place and the backward changes with it.
+    """
     check_float_array("x", x, min_ndim=1)
+    if x.shape[-1] == 0:
+        raise ValueError(f"x must have at least one entry on the softmax axis, got shape {x.shape}")
     probs = x - x.max(axis=-1, keepdims=True)     # (..., K), every entry <= 0
     np.exp(probs, out=probs)
     probs /= probs.sum(axis=-1, keepdims=True)
