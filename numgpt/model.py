@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import layers as L
+from ._malloc import tune_malloc
 from ._parallel import default_threads, run_parallel, split
 
 
@@ -123,6 +124,7 @@ class GPT:
         self._zero_bias = np.zeros(config.n_embd, dtype=dtype)   # stands in for absent ln biases
         self._aux = []
         self.n_threads = default_threads()
+        tune_malloc()           # recycle freed activation buffers (see numgpt/_malloc.py)
         if init:        # init=False leaves zeros, for callers about to load weights (seconds saved at 124M)
             self.init_weights(seed)
 
