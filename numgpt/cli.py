@@ -124,6 +124,9 @@ def _load_for_sampling(args):
         tokenizer = load_gpt2_tokenizer(args.init_from)
         if tokenizer is None:
             raise ValueError(f"{args.init_from} has no GPT-2 tokenizer files (vocab.json + merges.txt)")
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"--init_from {args.init_from} has vocab_size {model.config.vocab_size} but its "
+                             f"tokenizer has {tokenizer.vocab_size} tokens")
         return model, tokenizer
     from .train import CHECKPOINT_NAME, load_run
     path = os.path.join(args.out_dir, CHECKPOINT_NAME)
@@ -160,7 +163,8 @@ def cmd_tokenizer_train(args):
     tok = train_bpe(text, args.vocab_size)
     tok.save(args.out)
     print(f"trained BPE on {description}: {tok.vocab_size} tokens, "
-          f"{tokens_per_char(tok, text):.3f} tokens per character; wrote vocab.json and merges.txt to {args.out}")
+          f"{tokens_per_char(tok, text):.3f} tokens per character; wrote vocab.json, merges.txt and "
+          f"special_tokens_map.json to {args.out}")
     return 0
 
 

@@ -348,6 +348,13 @@ def train(cfg, log=print):
                 log(f"note: {key}={saved[key]!r} comes from the checkpoint (not {getattr(cfg, key)!r})")
         cfg = dataclasses.replace(cfg, **{k: saved[k] for k in ("n_layer", "n_head", "n_embd", "block_size",
                                                                  "bias", "task", "tokenizer") if k in saved})
+    if cfg.init_from and resumed is None and not cfg.task:
+        from .gpt2 import load_gpt2_tokenizer
+        tokenizer = load_gpt2_tokenizer(cfg.init_from)
+        if tokenizer is None:
+            raise ValueError(f"--init_from {cfg.init_from}: no GPT-2 tokenizer files beside the weights "
+                             "(vocab.json + merges.txt, or encoder.json + vocab.bpe); fine-tuning needs the "
+                             "tokenizer the weights were trained with")
     data = prepare_data(cfg, tokenizer, log)
     tokenizer = data.tokenizer
     log(f"data: {data.description}; vocabulary {data.vocab_size}")
@@ -359,8 +366,11 @@ def train(cfg, log=print):
             from .gpt2 import load_gpt2
             model = load_gpt2(cfg.init_from, dtype=dtype, block_size=cfg.block_size)
             if model.config.vocab_size != data.vocab_size:
-                raise ValueError(f"--init_from {cfg.init_from} has vocab_size {model.config.vocab_size} but the "
-                                 f"tokenizer gives {data.vocab_size}; fine-tune with the checkpoint's own tokenizer")
+                raise ValueError(f"--init_from {cfg.init_from} has vocab_size {model.config.vocab_size} but its "
+                                 f"tokenizer has {data.vocab_size} tokens")
+            log(f"fine-tuning {cfg.init_from}; the model's own size settings replace --n_layer/--n_head/--n_embd")
+            cfg = dataclasses.replace(cfg, n_layer=model.config.n_layer, n_head=model.config.n_head,
+                                      n_embd=model.config.n_embd, bias=model.config.bias, tokenizer="bpe")
         else:
             block = data.task.block_size if cfg.task else cfg.block_size
             config = GPTConfig(vocab_size=data.vocab_size, block_size=block, n_layer=cfg.n_layer,
