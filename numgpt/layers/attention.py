@@ -32,7 +32,7 @@ import math
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_same_dtype
+from ._checks import check_dout, check_float_array, check_same_dtype, row_sum
 from .softmax import softmax_backward_from_probs
 
 
@@ -67,16 +67,17 @@ def attention_forward(qkv, n_head):
     if T == 0 or C == 0:
         raise ValueError(f"qkv must hold at least one position and one feature, got shape {qkv.shape}")
     scale = 1.0 / math.sqrt(C // n_head)
-    q = split_heads(qkv[:, :, :C], n_head)              # (B, H, T, D)
+    # The 1/sqrt(D) scale goes on q (T x D) rather than on the scores (T x T): a smaller pass.
+    q = np.multiply(qkv[:, :, :C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3), scale,
+                    order="C")                          # (B, H, T, D), split and scaled in one pass
     k = split_heads(qkv[:, :, C:2 * C], n_head)         # (B, H, T, D)
     v = split_heads(qkv[:, :, 2 * C:], n_head)          # (B, H, T, D)
     att = q @ k.transpose(0, 1, 3, 2)                   # (B, H, T, T) scores
-    att *= scale
     # A finite fill, not -inf: exp(fill - rowmax) underflows to exactly 0.
     np.copyto(att, np.finfo(att.dtype).min, where=causal_mask(T))
     att -= att.max(axis=-1, keepdims=True)
     att_probs = np.exp(att, out=att)                    # (B, H, T, T), rows sum to 1 below
-    att_probs /= att_probs.sum(axis=-1, keepdims=True)
+    att_probs /= row_sum(att_probs)
     y = att_probs @ v                                   # (B, H, T, D)
     out = merge_heads(y)                                # (B, T, C)
     cache = (q, k, v, att_probs, scale)
@@ -93,9 +94,9 @@ def attention_backward(dout, cache):
     dv = att_probs.transpose(0, 1, 3, 2) @ dy                   # (B, H, T, D)
     datt_probs = dy @ v.transpose(0, 1, 3, 2)                   # (B, H, T, T)
     datt = softmax_backward_from_probs(datt_probs, att_probs)   # (B, H, T, T), zero where masked
-    datt *= scale
     dq = datt @ k                                               # (B, H, T, D)
-    dk = datt.transpose(0, 1, 3, 2) @ q                         # (B, H, T, D)
+    dq *= scale
+    dk = datt.transpose(0, 1, 3, 2) @ q                         # (B, H, T, D); the cached q carries the scale
     dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)             # the fused layout, viewed per head
     dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
     dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)

@@ -26,7 +26,7 @@ where the bar is the mean over the C features of the row. Hence
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_same_dtype
+from ._checks import check_dout, check_float_array, check_same_dtype, column_sum, row_dot, row_sum
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5):
@@ -43,9 +43,9 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
                          f"got weight {weight.shape} and bias {bias.shape}")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    mean = x.mean(axis=-1, keepdims=True)                  # (..., 1)
+    mean = row_sum(x) * (1.0 / C)                          # (..., 1)
     xhat = x - mean                                        # (..., C), centred; normalised below
-    var = np.mean(xhat * xhat, axis=-1, keepdims=True)     # (..., 1), biased variance
+    var = row_dot(xhat, xhat) * (1.0 / C)                  # (..., 1), biased variance
     rstd = 1.0 / np.sqrt(var + eps)                        # (..., 1); eps a Python float keeps the dtype
     xhat *= rstd                                           # (..., C)
     out = xhat * weight                                    # (..., C)
@@ -61,11 +61,11 @@ def layernorm_backward(dout, cache):
     C = xhat.shape[-1]
     dout2 = dout.reshape(-1, C)                            # (N, C)
     xhat2 = xhat.reshape(-1, C)                            # (N, C)
-    dbias = dout2.sum(axis=0)                              # (C,)
+    dbias = column_sum(dout2)                              # (C,)
     dweight = np.einsum("nc,nc->c", dout2, xhat2)          # (C,) without an (N, C) temporary
     g = dout * weight                                      # (..., C), gradient w.r.t. xhat
-    g_mean = g.mean(axis=-1, keepdims=True)                # (..., 1)
-    gx_mean = np.mean(g * xhat, axis=-1, keepdims=True)    # (..., 1)
+    g_mean = row_sum(g) * (1.0 / C)                        # (..., 1)
+    gx_mean = row_dot(g, xhat) * (1.0 / C)                 # (..., 1)
     dx = g
     dx -= g_mean
     dx -= xhat * gx_mean

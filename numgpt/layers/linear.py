@@ -16,7 +16,7 @@ Derivation: docs/derivations/linear.md.
 
 import math
 
-from ._checks import check_dout, check_float_array, check_same_dtype
+from ._checks import check_dout, check_float_array, check_same_dtype, column_sum
 
 
 def linear_forward(x, w, b=None):
@@ -52,5 +52,5 @@ def linear_backward(dout, cache):
     dout2 = dout.reshape(N, w.shape[1])      # (N, out)
     dx = (dout2 @ w.T).reshape(x.shape)      # (..., in); a transposed view costs BLAS nothing
     dw = x2.T @ dout2                        # (in, out)
-    db = dout2.sum(axis=0) if has_bias else None   # (out,)
+    db = column_sum(dout2) if has_bias else None   # (out,)
     return dx, dw, db

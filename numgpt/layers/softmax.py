@@ -21,7 +21,7 @@ Derivation: docs/derivations/softmax.md.
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array
+from ._checks import check_dout, check_float_array, row_dot, row_sum
 
 
 def softmax_forward(x):
@@ -35,7 +35,7 @@ def softmax_forward(x):
         raise ValueError(f"x must have at least one entry on the softmax axis, got shape {x.shape}")
     probs = x - x.max(axis=-1, keepdims=True)     # (..., K), every entry <= 0
     np.exp(probs, out=probs)
-    probs /= probs.sum(axis=-1, keepdims=True)
+    probs /= row_sum(probs)
     return probs, (probs,)
 
 
@@ -48,7 +48,6 @@ def softmax_backward(dout, cache):
 
 def softmax_backward_from_probs(dprobs, probs):
     """``p * (dp - sum(dp * p))`` row-wise, the vector-Jacobian product of softmax."""
-    dx = dprobs * probs                                  # (..., K)
-    row_dot = dx.sum(axis=-1, keepdims=True)             # (..., 1) = sum_j dp_j p_j
-    dx -= probs * row_dot
+    dx = dprobs - row_dot(dprobs, probs)                 # (..., K): dp_i - sum_j dp_j p_j
+    dx *= probs
     return dx
