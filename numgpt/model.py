@@ -272,15 +272,15 @@ class GPT:
         if len(parts) > 1 and min(counts) == 0:            # a slice without targets: run the batch whole
             parts, counts = [slice(None)], [total]
         if len(parts) == 1:
-            loss = self._loss_and_grads_part(idx, targets, self.grads, accumulate, loss_scale, ignore_index,
-                                             dropout_rng)
+            loss = self._loss_and_grads_part(idx, targets, (self.flat_grads, self.grads), accumulate, loss_scale,
+                                             ignore_index, dropout_rng)
             return loss, self.grads
         # Child generators seeded from the parent's stream (not Generator.spawn, whose
         # counter is not part of the saved state): a resumed run draws the same masks.
         rngs = ([np.random.default_rng(seed) for seed in dropout_rng.integers(0, 2**63, size=len(parts))]
                 if dropout_rng is not None else [None] * len(parts))
         aux = self._aux_grads(len(parts) - 1)
-        grad_sets = [self.grads] + [views for _, views in aux]
+        grad_sets = [(self.flat_grads, self.grads)] + aux
         jobs = [(idx[s], targets[s], grads, accumulate and k == 0, loss_scale * n / total, ignore_index, rng)
                 for k, (s, n, grads, rng) in enumerate(zip(parts, counts, grad_sets, rngs))]
         losses = run_parallel(self._loss_and_grads_part, jobs)
@@ -288,13 +288,16 @@ class GPT:
                                  for lo, hi in split(self.num_params, self.n_threads)])
         return sum(loss * n for loss, n in zip(losses, counts)) / total, self.grads
 
-    def _loss_and_grads_part(self, idx, targets, G, accumulate, loss_scale, ignore_index, dropout_rng):
-        """Forward and backward of one batch slice into the gradient dict ``G``; returns its mean loss."""
+    def _loss_and_grads_part(self, idx, targets, grads, accumulate, loss_scale, ignore_index, dropout_rng):
+        """Forward and backward of one batch slice into ``grads`` = (flat buffer, dict of its views).
+
+        Returns the slice's mean loss.
+        """
         c = self.config
         P = self.params
+        flat, G = grads
         if not accumulate:
-            for g in G.values():
-                g[...] = 0.0
+            flat[...] = 0.0
         x, caches = self._forward(idx, dropout_rng, keep_cache=True)
         logits, head_cache = L.linear_forward(x, P["wte"].T)                        # (B, T, V)
         # The logits, then the probabilities, then dlogits share one buffer: at GPT-2's
