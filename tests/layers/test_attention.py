@@ -113,38 +113,50 @@ def _assemble(dq, dk, dv):
     return np.concatenate(parts, axis=-1)
 
 
-def backward_recomputing_probs_without_mask(dout, cache):
-    """A plausible bug: recompute P from q and k in the backward and forget the causal mask."""
-    q, k, v, _, scale = cache
+def backward_recomputing_probs(dout, cache, mask=False):
+    """A plausible bug (mask=False): recompute P from q and k in the backward and forget the causal mask."""
+    q, k, v, _, scale = cache                       # the cached q already carries the 1/sqrt(D) scale
     B, H, T, D = q.shape
-    scores = (q @ k.transpose(0, 1, 3, 2)) * scale
+    scores = q @ k.transpose(0, 1, 3, 2)
+    if mask:
+        scores = np.where(np.triu(np.ones((T, T), dtype=bool), k=1), np.finfo(scores.dtype).min, scores)
     probs = np.exp(scores - scores.max(axis=-1, keepdims=True))
     probs /= probs.sum(axis=-1, keepdims=True)
     dy = dout.reshape(B, T, H, D).transpose(0, 2, 1, 3)
     dv = probs.transpose(0, 1, 3, 2) @ dy
-    ds = softmax_backward_from_probs(dy @ v.transpose(0, 1, 3, 2), probs) * scale
-    return _assemble(ds @ k, ds.transpose(0, 1, 3, 2) @ q, dv)
+    ds = softmax_backward_from_probs(dy @ v.transpose(0, 1, 3, 2), probs)
+    return _assemble((ds @ k) * scale, ds.transpose(0, 1, 3, 2) @ q, dv)
 
 
-def backward_with_transposed_ds(dout, cache):
-    """A plausible bug: dQ = dS^T K and dK = dS Q, with dS transposed."""
+def backward_recomputing_probs_without_mask(dout, cache):
+    return backward_recomputing_probs(dout, cache, mask=False)
+
+
+def backward_with_ds(dout, cache, transpose=True):
+    """A plausible bug (transpose=True): dQ = dS^T K and dK = dS Q, with dS transposed."""
     q, k, v, probs, scale = cache
     B, H, T, D = q.shape
     dy = dout.reshape(B, T, H, D).transpose(0, 2, 1, 3)
     dv = probs.transpose(0, 1, 3, 2) @ dy
-    ds = softmax_backward_from_probs(dy @ v.transpose(0, 1, 3, 2), probs) * scale
-    return _assemble(ds.transpose(0, 1, 3, 2) @ k, ds @ q, dv)
+    ds = softmax_backward_from_probs(dy @ v.transpose(0, 1, 3, 2), probs)
+    if transpose:
+        ds = ds.transpose(0, 1, 3, 2)
+    return _assemble((ds @ k) * scale, ds.transpose(0, 1, 3, 2) @ q, dv)
+
+
+def backward_with_transposed_ds(dout, cache):
+    return backward_with_ds(dout, cache, transpose=True)
 
 
 def test_the_hand_written_wrong_backwards_share_the_right_plumbing():
     # Guard for the two negative controls below: with the mask restored / dS
-    # untransposed they equal the real backward, so each fails for its one bug.
-    qkv = np.random.default_rng(4).standard_normal((2, 1, 3 * 4))   # T = 1: no mask, dS is 1x1
+    # untransposed they equal the real backward, so each fails for its one bug only.
+    qkv = np.random.default_rng(4).standard_normal((2, 5, 3 * 4))
     _, cache = attention_forward(qkv, 2)
-    dout = np.random.default_rng(5).standard_normal((2, 1, 4))
+    dout = np.random.default_rng(5).standard_normal((2, 5, 4))
     want = attention_backward(dout, cache)
-    np.testing.assert_allclose(backward_recomputing_probs_without_mask(dout, cache), want, rtol=1e-12, atol=1e-14)
-    np.testing.assert_allclose(backward_with_transposed_ds(dout, cache), want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(backward_recomputing_probs(dout, cache, mask=True), want, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(backward_with_ds(dout, cache, transpose=False), want, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("wrong_backward", [backward_recomputing_probs_without_mask, backward_with_transposed_ds])

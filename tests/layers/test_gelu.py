@@ -98,13 +98,19 @@ def test_gradcheck_adjoint_on_a_larger_input():
 
 def test_gradcheck_catches_a_derivative_missing_the_factor_3():
     def backward_missing_3(dout, cache):
-        x, t = cache
+        x, s = cache                                   # s = (1 + tanh u) / 2
         k, a = math.sqrt(2.0 / math.pi), 0.044715
-        return dout * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + a * x * x))   # d/dx of a x^3 is 3 a x^2
+        return dout * (s + 2 * x * s * (1 - s) * k * (1 + a * x * x))   # d/dx of a x^3 is 3 a x^2
+
+    def backward_with_the_3(dout, cache):              # the same code with the 3 back: must pass
+        x, s = cache
+        k, a = math.sqrt(2.0 / math.pi), 0.044715
+        return dout * (s + 2 * x * s * (1 - s) * k * (1 + 3 * a * x * x))
 
     x = np.random.default_rng(2).uniform(-3, 3, (3, 8))
     results = check_layer(gelu_forward, backward_missing_3, (x,), names=("x",))
     assert not results[0].passed and results[0].max_rel_error > 1e-3
+    assert check_layer(gelu_forward, backward_with_the_3, (x,), names=("x",))[0].passed
 
 
 # -- properties -------------------------------------------------------------------------

@@ -221,3 +221,9 @@ def test_backward_rejects_a_wrong_dout():
         layernorm_backward(np.zeros((3, 6)), cache)
     with pytest.raises(TypeError, match=r"dout has dtype float32"):
         layernorm_backward(np.zeros((2, 3, 6), dtype=np.float32), cache)
+
+
+def test_an_empty_feature_axis_is_rejected_by_name():
+    x = np.zeros((2, 3, 0))
+    with pytest.raises(ValueError, match=r"x must have at least one feature.*\(2, 3, 0\)"):
+        layernorm_forward(x, np.zeros(0), np.zeros(0))
