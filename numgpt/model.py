@@ -224,10 +224,16 @@ class GPT:
         x = run(L.layernorm_forward, x, P["ln_f.weight"], self._ln_bias("ln_f.bias"))
         return x, caches
 
-    def forward(self, idx):
-        """Logits ``(B, T, V)`` for ids ``idx`` (B, T), in evaluation mode (no dropout)."""
+    def forward(self, idx, last_only=False):
+        """Logits ``(B, T, V)`` for ids ``idx`` (B, T), in evaluation mode (no dropout).
+
+        ``last_only=True`` returns ``(B, 1, V)``, the last position's logits only
+        (what generation needs; skips T-1 rows of the lm-head matmul).
+        """
         self._check_idx(idx)
         x, _ = self._forward(idx)
+        if last_only:
+            x = x[:, -1:]
         logits, _ = L.linear_forward(x, self.params["wte"].T)                      # (B, T, V)
         return logits
 

@@ -72,7 +72,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     cache = None
     for _ in range(max_new_tokens):
         if not use_cache:
-            logits = model.forward(out[:, max(0, n - block):n])[:, -1]
+            logits = model.forward(out[:, max(0, n - block):n], last_only=True)[:, -1]
         elif cache is None or cache["pos"] >= block:
             keep = min(n, block if cache is None else block // 2)   # refill: the prompt, or half a block
             cache = model.new_kv_cache(out.shape[0])
