@@ -42,48 +42,15 @@ def worker_numgpt(cfg, new_tokens, use_cache):
 
 
 def worker_torch(cfg, new_tokens, threads):
-    import math
-
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
+
+    from torch_gpt import make_gpt
 
     torch.set_num_threads(threads)
     L, H, C, T, V = cfg
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-            self.register_buffer("mask", torch.tril(torch.ones(T, T, dtype=torch.bool)))
-
-        def forward(self, x):
-            b, t, c = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (z.view(b, t, H, c // H).transpose(1, 2) for z in (q, k, v))
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // H))
-            att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
-            x = x + self.c_proj(y)
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, C), nn.Embedding(T, C)
-            self.h = nn.ModuleList(Block() for _ in range(L))
-            self.ln_f = nn.LayerNorm(C)
-
-        def forward(self, idx):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            return self.ln_f(x[:, -1]) @ self.wte.weight.T
-
     torch.manual_seed(0)
-    model = GPT().eval()
+    model = make_gpt(L, H, C, T, V).eval()
 
     @torch.no_grad()
     def generate(idx, n):

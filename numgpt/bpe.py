@@ -83,13 +83,15 @@ import json
 import operator
 import os
 import re
-import secrets
 import time
 import unicodedata
 from collections import Counter
 from types import MappingProxyType
 
 import numpy as np
+
+from ._atomic import atomic_writer
+from .tokenizers import as_id_list
 
 __all__ = [
     "EOT",
@@ -356,23 +358,9 @@ def _parse_special_tokens_map(text: str, path: str) -> list[str]:
 
 
 def _write_atomic(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` so that ``path`` is always either the old
-    file or the complete new one, never a half-written mix."""
-    # Same directory, so os.replace is a rename; opened with "x" rather than
-    # mkstemp so the file gets the usual permissions, not 0600.
-    tmp = f"{path}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    try:
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write UTF-8 ``text`` to ``path``: always either the old file or the complete new one."""
+    with atomic_writer(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 # ---------------------------------------------------------------------------
@@ -665,29 +653,7 @@ class BPETokenizer:
     # -- decoding -------------------------------------------------------------
 
     def _id_list(self, ids) -> list[int]:
-        size = self.vocab_size
-        if isinstance(ids, np.ndarray):
-            if ids.ndim != 1:
-                raise ValueError(f"ids must be 1-D, got an array of shape {ids.shape}")
-            if ids.size and not np.issubdtype(ids.dtype, np.integer):
-                raise TypeError(f"ids must be integers, got an array of dtype {ids.dtype}")
-            values = ids.tolist()
-        elif isinstance(ids, (str, bytes)):
-            raise TypeError(f"ids must be a sequence of integers, got {type(ids).__name__}")
-        else:
-            try:
-                values = [operator.index(i) for i in ids]
-            except TypeError:
-                raise TypeError(
-                    f"ids must be a list or 1-D array of integers, got {ids!r:.80}"
-                ) from None
-        for position, value in enumerate(values):
-            if not 0 <= value < size:
-                raise ValueError(
-                    f"token id {value} at position {position} is out of range: this "
-                    f"tokenizer's ids are 0..{size - 1}"
-                )
-        return values
+        return as_id_list(ids, self.vocab_size)
 
     def decode_bytes(self, ids) -> bytes:
         """Ids -> the bytes they stand for (useful when streaming, where a

@@ -58,7 +58,7 @@ __all__ = [
 _MAX_REPORTED = 5
 
 
-def _as_id_list(ids, vocab_size: int) -> list[int]:
+def as_id_list(ids, vocab_size: int) -> list[int]:
     """Validate token ids (a list/tuple of ints or a 1-D integer array) and
     return them as a list of Python ints, each in ``range(vocab_size)``."""
     if isinstance(ids, np.ndarray):
@@ -185,7 +185,7 @@ class CharTokenizer:
 
     def decode(self, ids) -> str:
         chars = self.chars
-        return "".join(chars[i] for i in _as_id_list(ids, self.vocab_size))
+        return "".join(chars[i] for i in as_id_list(ids, self.vocab_size))
 
     def to_state(self) -> dict:
         return {"kind": self.kind, "chars": self.chars}
@@ -236,7 +236,7 @@ class ByteTokenizer:
     def decode(self, ids) -> str:
         # A model can emit any byte sequence, including broken UTF-8; show
         # such bytes as U+FFFD rather than lose the whole sample to an error.
-        return bytes(_as_id_list(ids, 256)).decode("utf-8", errors="replace")
+        return bytes(as_id_list(ids, 256)).decode("utf-8", errors="replace")
 
     def to_state(self) -> dict:
         return {"kind": self.kind}
