@@ -203,7 +203,9 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
     names = [f"input{i}" for i in range(len(inputs))] if names is None else list(names)
     if len(names) != len(inputs):
         raise ValueError(f"names has {len(names)} entries for {len(inputs)} inputs")
-    rng = np.random.default_rng(seed)
+    # Its own stream (spawn_key), so dout never repeats inputs the caller drew from default_rng(seed):
+    # a layer-norm dout equal to its x would have an exactly zero dx.
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x67726164,)))
     out, cache = forward(*inputs)
     out = np.asarray(out)
     if dout is None:
