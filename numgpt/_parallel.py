@@ -43,18 +43,33 @@ def _get_pool(workers):
         return _pool
 
 
-def run_parallel(fn, jobs):
-    """``[fn(*job) for job in jobs]``, concurrently: the first job in this thread, the rest on the pool."""
+def run_parallel(fn, jobs, secondary=()):
+    """``[fn(*job) for job in jobs]``, concurrently: the first job in this thread, the rest on the pool.
+
+    Every job is waited for (they write into shared buffers). If any raised, the
+    first exception in job order is re-raised, skipping exceptions of the types
+    in ``secondary`` (a job giving up because another failed) when a real one exists.
+    """
     if len(jobs) == 1:
         return [fn(*jobs[0])]
     pool = _get_pool(len(jobs) - 1)
     with blas_threads(1):
         futures = [pool.submit(fn, *job) for job in jobs[1:]]
+        outcomes = []
         try:
-            results = [fn(*jobs[0])]
-        finally:
-            done = [f.result() for f in futures]     # always wait: workers write into shared buffers
-        return results + done
+            outcomes.append((fn(*jobs[0]), None))
+        except BaseException as e:       # noqa: BLE001  (re-raised below, after the workers stop)
+            outcomes.append((None, e))
+        for f in futures:
+            try:
+                outcomes.append((f.result(), None))
+            except BaseException as e:   # noqa: BLE001
+                outcomes.append((None, e))
+    errors = [e for _, e in outcomes if e is not None]
+    if errors:
+        primary = [e for e in errors if not isinstance(e, tuple(secondary))]
+        raise (primary or errors)[0]
+    return [r for r, _ in outcomes]
 
 
 def split(n, parts):

@@ -24,6 +24,7 @@ so published weights map one to one.
 """
 
 import math
+import threading
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -122,7 +123,6 @@ class GPT:
         self.params = _views(self.flat_params, self.layout)
         self.grads = _views(self.flat_grads, self.layout)
         self._zero_bias = np.zeros(config.n_embd, dtype=dtype)   # stands in for absent ln biases
-        self._aux = []
         self.n_threads = default_threads()
         tune_malloc()           # recycle freed activation buffers (see numgpt/_malloc.py)
         if init:        # init=False leaves zeros, for callers about to load weights (seconds saved at 124M)
@@ -263,10 +263,10 @@ class GPT:
 
         Fast path: the batch is cut into ``self.n_threads`` slices that run at
         once on worker threads (NumPy releases the GIL in BLAS and ufuncs), each
-        with a single-threaded BLAS and its own gradient buffer; the buffers are
-        then summed. Each slice's loss gradient is weighted by its share of the
-        targets, so the result is the whole batch's gradient
-        (tests/test_model.py compares 1 and 2 threads).
+        with a single-threaded BLAS, all adding into the one gradient buffer in a
+        fixed order (see :class:`GradientSink`). Each slice's loss gradient is
+        weighted by its share of the targets, so the result is the whole batch's
+        gradient (tests/test_model.py compares 1 and 2 threads).
         """
         self._check_targets(idx, targets)
         parts = self._batch_parts(idx.shape[0])
@@ -277,33 +277,39 @@ class GPT:
                              "is undefined")
         if len(parts) > 1 and min(counts) == 0:            # a slice without targets: run the batch whole
             parts, counts = [slice(None)], [total]
+        if not accumulate:
+            self.flat_grads[...] = 0.0
+        sink = GradientSink(self.grads, len(parts))
         if len(parts) == 1:
-            loss = self._loss_and_grads_part(idx, targets, (self.flat_grads, self.grads), accumulate, loss_scale,
-                                             ignore_index, dropout_rng)
+            loss = self._loss_and_grads_part(idx, targets, sink, 0, loss_scale, ignore_index, dropout_rng)
             return loss, self.grads
         # Child generators seeded from the parent's stream (not Generator.spawn, whose
         # counter is not part of the saved state): a resumed run draws the same masks.
         rngs = ([np.random.default_rng(seed) for seed in dropout_rng.integers(0, 2**63, size=len(parts))]
                 if dropout_rng is not None else [None] * len(parts))
-        aux = self._aux_grads(len(parts) - 1)
-        grad_sets = [(self.flat_grads, self.grads)] + aux
-        jobs = [(idx[s], targets[s], grads, accumulate and k == 0, loss_scale * n / total, ignore_index, rng)
-                for k, (s, n, grads, rng) in enumerate(zip(parts, counts, grad_sets, rngs))]
-        losses = run_parallel(self._loss_and_grads_part, jobs)
-        run_parallel(_add_flat, [(self.flat_grads, [flat for flat, _ in aux], lo, hi)
-                                 for lo, hi in split(self.num_params, self.n_threads)])
+        jobs = [(idx[s], targets[s], sink, k, loss_scale * n / total, ignore_index, rng)
+                for k, (s, n, rng) in enumerate(zip(parts, counts, rngs))]
+        losses = run_parallel(self._loss_and_grads_part, jobs, secondary=(WorkerFailed,))
         return sum(loss * n for loss, n in zip(losses, counts)) / total, self.grads
 
-    def _loss_and_grads_part(self, idx, targets, grads, accumulate, loss_scale, ignore_index, dropout_rng):
-        """Forward and backward of one batch slice into ``grads`` = (flat buffer, dict of its views).
+    def _loss_and_grads_part(self, idx, targets, sink, worker, loss_scale, ignore_index, dropout_rng):
+        """Forward and backward of one batch slice, adding its gradients through ``sink`` as ``worker``.
 
         Returns the slice's mean loss.
         """
+        try:
+            return self._slice_backward(idx, targets, sink, worker, loss_scale, ignore_index, dropout_rng)
+        except BaseException:
+            sink.fail()           # the other workers must not wait for this one's additions
+            raise
+
+    def _slice_backward(self, idx, targets, sink, worker, loss_scale, ignore_index, dropout_rng):
         c = self.config
         P = self.params
-        flat, G = grads
-        if not accumulate:
-            flat[...] = 0.0
+
+        def add(name, value, path=0):
+            sink.add(worker, name, value, path)
+
         x, caches = self._forward(idx, dropout_rng, keep_cache=True)
         logits, head_cache = L.linear_forward(x, P["wte"].T)                        # (B, T, V)
         # The logits, then the probabilities, then dlogits share one buffer: at GPT-2's
@@ -316,37 +322,38 @@ class GPT:
         dlogits = L.softmax_cross_entropy_backward(loss_scale, ce_cache, overwrite_cache=True)   # (B, T, V)
         dx, dwte_t, _ = L.linear_backward(dlogits, head_cache)                      # dwte_t: (C, V)
         del dlogits
-        G["wte"] += dwte_t.T                                                        # lm-head path of the tie
+        add("wte", dwte_t.T, path=0)                                                # lm-head path of the tie
         dx, dw, db = L.layernorm_backward(dx, caches.pop())
-        G["ln_f.weight"] += dw
-        _add_bias_grad(G, "ln_f.bias", db)
+        add("ln_f.weight", dw)
+        add("ln_f.bias", db)
         for i in reversed(range(c.n_layer)):
             h = f"h.{i}."
             dm = dx                                                                 # residual: both branches get dx
             if drop:
                 dm = L.dropout_backward(dm, caches.pop())
-            dm = _linear_back(G, dm, caches.pop(), h + "mlp.c_proj")
+            dm = _linear_back(add, dm, caches.pop(), h + "mlp.c_proj")
             dm = L.gelu_backward(dm, caches.pop())
-            dm = _linear_back(G, dm, caches.pop(), h + "mlp.c_fc")
+            dm = _linear_back(add, dm, caches.pop(), h + "mlp.c_fc")
             dm, dw, db = L.layernorm_backward(dm, caches.pop())
-            G[h + "ln_2.weight"] += dw
-            _add_bias_grad(G, h + "ln_2.bias", db)
+            add(h + "ln_2.weight", dw)
+            add(h + "ln_2.bias", db)
             dx = dx + dm
             da = dx
             if drop:
                 da = L.dropout_backward(da, caches.pop())
-            da = _linear_back(G, da, caches.pop(), h + "attn.c_proj")
+            da = _linear_back(add, da, caches.pop(), h + "attn.c_proj")
             da = L.attention_backward(da, caches.pop())
-            da = _linear_back(G, da, caches.pop(), h + "attn.c_attn")
+            da = _linear_back(add, da, caches.pop(), h + "attn.c_attn")
             da, dw, db = L.layernorm_backward(da, caches.pop())
-            G[h + "ln_1.weight"] += dw
-            _add_bias_grad(G, h + "ln_1.bias", db)
+            add(h + "ln_1.weight", dw)
+            add(h + "ln_1.bias", db)
             dx = dx + da
         if drop:
             dx = L.dropout_backward(dx, caches.pop())
         dwte, dwpe = L.embedding_backward(dx, caches.pop())
-        G["wte"] += dwte                                                            # embedding path of the tie
-        G["wpe"] += dwpe
+        add("wte", dwte, path=1)                                                    # embedding path of the tie
+        add("wpe", dwpe)
+        sink.finish(worker)
         assert not caches
         return float(loss)
 
@@ -357,17 +364,9 @@ class GPT:
         if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
             raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
         self.n_threads = int(n_threads)
-        self._aux = []
 
     def _batch_parts(self, B):
         return [slice(lo, hi) for lo, hi in split(B, self.n_threads)]
-
-    def _aux_grads(self, n):
-        """``n`` spare (flat, named views) gradient buffers for worker threads, allocated once."""
-        while len(self._aux) < n:
-            flat = np.zeros(self.num_params, dtype=self.dtype)
-            self._aux.append((flat, _views(flat, self.layout)))
-        return self._aux[:n]
 
     def attention_maps(self, idx):
         """Attention probabilities of every layer, ``(n_layer, B, H, T, T)``, evaluation mode."""
@@ -435,19 +434,81 @@ class GPT:
                 p[...] = value
 
 
-def _linear_back(G, dout, cache, prefix):
-    """Backward of a linear layer, adding its weight and bias gradients into ``G``."""
+def _linear_back(add, dout, cache, prefix):
+    """Backward of a linear layer, handing its weight and bias gradients to ``add``."""
     dx, dw, db = L.linear_backward(dout, cache)
-    G[prefix + ".weight"] += dw
-    _add_bias_grad(G, prefix + ".bias", db)
+    add(prefix + ".weight", dw)
+    add(prefix + ".bias", db)
     return dx
 
 
-def _add_bias_grad(G, name, db):
-    if name in G:             # absent when bias=False
-        G[name] += db
+class WorkerFailed(RuntimeError):
+    """Another worker of the same step raised; its exception is the one reported."""
 
 
-def _add_flat(dst, sources, lo, hi):
-    for src in sources:
-        dst[lo:hi] += src[lo:hi]
+class GradientSink:
+    """Adds the gradients of one step's batch slices into the model's gradient buffers.
+
+    With one worker it is a plain ``grads[name] += value``. With several workers
+    sharing the buffers, worker k's part of a parameter is added only after
+    workers 0..k-1 have added theirs, and a parameter's second path (the tied
+    ``wte``: lm head, then embedding) only after every worker's first path. The
+    additions thus happen in one fixed order: the sums, and so training runs,
+    are the same on every run, and no worker needs its own copy of the
+    gradients (497 MB at GPT-2 124M).
+
+    A worker never stops to wait for its turn: an addition that cannot be made
+    yet is queued (the gradient array is kept) and made as soon as the worker's
+    next :meth:`add` finds it allowed, or in :meth:`finish`, the only call that
+    blocks. A worker only ever waits for an addition that comes earlier in the
+    fixed order, so no two wait on each other; a worker that fails calls
+    :meth:`fail` to release the others.
+    """
+
+    def __init__(self, grads, n_workers=1):
+        self.grads = grads
+        self.n_workers = n_workers
+        self._added = {}               # (name, path) -> how many workers have added
+        self._queues = [[] for _ in range(n_workers)]
+        self._cond = threading.Condition()
+        self._failed = False
+
+    def add(self, worker, name, value, path=0):
+        if value is None or name not in self.grads:      # absent biases when bias=False
+            return
+        if self.n_workers == 1:
+            self.grads[name] += value
+            return
+        self._queues[worker].append((name, path, value))
+        self._drain(worker, block=False)
+
+    def finish(self, worker):
+        """Make every queued addition of ``worker``, waiting for its turn where needed."""
+        if self.n_workers > 1:
+            self._drain(worker, block=True)
+
+    def _turn(self, worker, name, path):
+        return self._added.get((name, path), 0) == worker and \
+            (path == 0 or self._added.get((name, path - 1), 0) == self.n_workers)
+
+    def _drain(self, worker, block):
+        queue = self._queues[worker]
+        while queue:
+            name, path, value = queue[0]
+            with self._cond:
+                if block:
+                    self._cond.wait_for(lambda: self._failed or self._turn(worker, name, path))
+                if self._failed:
+                    raise WorkerFailed("another worker of this step failed")
+                if not self._turn(worker, name, path):
+                    return
+            self.grads[name] += value      # outside the lock: no other worker may touch this slot now
+            queue.pop(0)
+            with self._cond:
+                self._added[(name, path)] = worker + 1
+                self._cond.notify_all()
+
+    def fail(self):
+        with self._cond:
+            self._failed = True
+            self._cond.notify_all()

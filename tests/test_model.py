@@ -590,3 +590,79 @@ def test_init_false_leaves_zeros_for_loading():
     assert not model.flat_params.any()
     model.load_state_dict(GPT(tiny_config(), seed=4).state_dict())
     np.testing.assert_array_equal(model.flat_params, GPT(tiny_config(), seed=4).flat_params)
+
+
+# --- the gradient sink shared by worker threads ------------------------------------------------
+
+
+def _threaded_model(n_threads=2):
+    cfg = GPTConfig(vocab_size=17, block_size=8, n_layer=2, n_head=2, n_embd=8)
+    model = GPT(cfg, seed=3, dtype=np.float32)
+    model.set_threads(n_threads)
+    return model
+
+
+def test_threaded_gradients_are_bitwise_reproducible_with_accumulation():
+    # Workers add into one buffer in a fixed order, so repeated runs give the same bits
+    # even when adding onto gradients already there (accumulate=True).
+    model = _threaded_model()
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 17, (6, 8)), rng.integers(0, 17, (6, 8))
+    x2, y2 = rng.integers(0, 17, (6, 8)), rng.integers(0, 17, (6, 8))
+    runs = []
+    for _ in range(15):
+        model.loss_and_grads(x, y)
+        model.loss_and_grads(x2, y2, accumulate=True, loss_scale=0.5)
+        runs.append(model.flat_grads.copy())
+    for g in runs[1:]:
+        assert np.array_equal(g, runs[0])
+
+
+def test_a_failing_worker_reports_its_own_error_and_releases_the_others(monkeypatch):
+    import threading
+
+    import numgpt.layers as layers
+
+    model = _threaded_model()
+    real = layers.gelu_backward
+
+    def fails_off_the_main_thread(dout, cache):
+        if threading.current_thread() is not threading.main_thread():
+            raise ArithmeticError("boom in a worker")
+        return real(dout, cache)
+
+    monkeypatch.setattr(layers, "gelu_backward", fails_off_the_main_thread)
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 17, (4, 8)), rng.integers(0, 17, (4, 8))
+    with pytest.raises(ArithmeticError, match="boom in a worker"):
+        model.loss_and_grads(x, y)
+    monkeypatch.setattr(layers, "gelu_backward", real)
+    loss, _ = model.loss_and_grads(x, y)          # the model still works afterwards
+    assert np.isfinite(loss)
+
+
+def test_threads_share_one_gradient_buffer():
+    model = _threaded_model()
+    assert not hasattr(model, "_aux")
+
+
+def test_a_failing_first_worker_releases_a_worker_waiting_for_it(monkeypatch):
+    # Worker 1 waits for worker 0's additions; if worker 0 (this thread) fails first,
+    # worker 1 must be released instead of waiting forever.
+    import threading
+
+    import numgpt.layers as layers
+
+    model = _threaded_model()
+    real = layers.layernorm_backward
+
+    def fails_on_the_main_thread(dout, cache):
+        if threading.current_thread() is threading.main_thread():
+            raise ArithmeticError("boom in worker 0")
+        return real(dout, cache)
+
+    monkeypatch.setattr(layers, "layernorm_backward", fails_on_the_main_thread)
+    rng = np.random.default_rng(2)
+    x, y = rng.integers(0, 17, (4, 8)), rng.integers(0, 17, (4, 8))
+    with pytest.raises(ArithmeticError, match="boom in worker 0"):
+        model.loss_and_grads(x, y)
