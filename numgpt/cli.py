@@ -1,4 +1,4 @@
-"""The ``numgpt`` command: ``numgpt gradcheck``, ``numgpt train``, ``numgpt sample``, ...
+"""numgpt: a GPT-2 in NumPy with hand-written gradients. Train, sample, check gradients, plot.
 
 Only this module knows every room of the package; each subcommand is a thin
 layer over a function a notebook can call directly.
