@@ -274,19 +274,24 @@ def _read_text(path, what: str) -> str:
         ) from None
 
 
-def _parse_vocab(text: str, path: str) -> dict[str, int]:
+def _json_object(text: str, path: str, what: str, expected: str) -> dict:
+    """Parse ``text`` (the contents of ``path``) as a JSON object, or raise a ValueError naming the file."""
     try:
-        vocab = json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise ValueError(
-            f"vocabulary file {path!r} is not valid JSON: {err.msg} at line {err.lineno}, "
+            f"{what} file {path!r} is not valid JSON: {err.msg} at line {err.lineno}, "
             f"column {err.colno}"
         ) from None
-    if not isinstance(vocab, dict):
+    if not isinstance(value, dict):
         raise ValueError(  # noqa: TRY004 - a malformed file, not a wrong argument
-            f"vocabulary file {path!r} must hold a JSON object mapping token -> id, "
-            f"got a JSON {type(vocab).__name__}"
+            f"{what} file {path!r} must hold {expected}, got a JSON {type(value).__name__}"
         )
+    return value
+
+
+def _parse_vocab(text: str, path: str) -> dict[str, int]:
+    vocab = _json_object(text, path, "vocabulary", "a JSON object mapping token -> id")
     for token, token_id in vocab.items():
         if type(token_id) is not int:
             raise ValueError(
@@ -329,17 +334,7 @@ def _parse_merges(text: str, path: str) -> tuple[list[tuple[str, str]], int]:
 def _parse_special_tokens_map(text: str, path: str) -> list[str]:
     """Tokens named in a Hugging Face ``special_tokens_map.json``; values are a
     token string, a dict with a ``"content"`` string, or a list of either."""
-    try:
-        mapping = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(
-            f"special tokens file {path!r} is not valid JSON: {err.msg} at line "
-            f"{err.lineno}, column {err.colno}"
-        ) from None
-    if not isinstance(mapping, dict):
-        raise ValueError(  # noqa: TRY004 - a malformed file, not a wrong argument
-            f"special tokens file {path!r} must hold a JSON object"
-        )
+    mapping = _json_object(text, path, "special tokens", "a JSON object")
     tokens = []
     for key, value in mapping.items():
         for item in value if isinstance(value, list) else [value]:
