@@ -372,7 +372,7 @@ class GPT:
         """Attention probabilities of every layer, ``(n_layer, B, H, T, T)``, evaluation mode."""
         self._check_idx(idx)
         _, caches = self._forward(idx, keep_cache=True)
-        # the attention cache is (q, k, v, att_probs, scale); it is the only cache holding 5 items
+        # the attention cache is (q, kT, v, att_probs, scale); it is the only cache holding 5 items
         return np.stack([c[3] for c in caches if isinstance(c, tuple) and len(c) == 5])
 
     # --- inference with a key/value cache --------------------------------------------

@@ -28,6 +28,7 @@ no gradient flows from the future: position t's output depends only on
 positions <= t. Derivation: docs/derivations/attention.md.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -53,6 +54,21 @@ def causal_mask(T):
     return np.triu(np.ones((T, T), dtype=bool), k=1)
 
 
+@functools.lru_cache(maxsize=64)
+def causal_bias(T, dtype):
+    """Read-only (T, T) additive mask: 0 where a query may look, the dtype's most negative
+    finite number above the diagonal (the future).
+
+    Adding it is the masked fill of the math in one broadcast pass, about twice as fast as
+    ``np.copyto(..., where=causal_mask(T))`` with its boolean mask (measured on (6, 4, 64, 64)
+    float32); ``score + fill`` rounds back to ``fill`` for every score below about 1e31.
+    """
+    dtype = np.dtype(dtype)
+    bias = np.where(causal_mask(T), np.finfo(dtype).min, 0).astype(dtype)
+    bias.flags.writeable = False
+    return bias
+
+
 def attention_forward(qkv, n_head):
     """Causal self-attention. ``qkv`` (B, T, 3C) -> out (B, T, C)."""
     check_float_array("qkv", qkv, ndim=3)
@@ -66,38 +82,45 @@ def attention_forward(qkv, n_head):
         raise ValueError(f"C={C} (qkv shape {qkv.shape}) is not divisible by n_head={n_head}")
     if T == 0 or C == 0:
         raise ValueError(f"qkv must hold at least one position and one feature, got shape {qkv.shape}")
-    scale = 1.0 / math.sqrt(C // n_head)
+    D = C // n_head
+    scale = 1.0 / math.sqrt(D)
     # The 1/sqrt(D) scale goes on q (T x D) rather than on the scores (T x T): a smaller pass.
-    q = np.multiply(qkv[:, :, :C].reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3), scale,
+    q = np.multiply(qkv[:, :, :C].reshape(B, T, n_head, D).transpose(0, 2, 1, 3), scale,
                     order="C")                          # (B, H, T, D), split and scaled in one pass
-    k = split_heads(qkv[:, :, C:2 * C], n_head)         # (B, H, T, D)
+    # Keys are stored transposed: OpenBLAS runs the small batched Q @ K^T 1.6x faster on a
+    # contiguous K^T than on a transposed view of K (measured on (6, 4, 64, 32) float32).
+    kT = np.ascontiguousarray(qkv[:, :, C:2 * C].reshape(B, T, n_head, D).transpose(0, 2, 3, 1))  # (B, H, D, T)
     v = split_heads(qkv[:, :, 2 * C:], n_head)          # (B, H, T, D)
-    att = q @ k.transpose(0, 1, 3, 2)                   # (B, H, T, T) scores
+    att = q @ kT                                        # (B, H, T, T) scores
     # A finite fill, not -inf: exp(fill - rowmax) underflows to exactly 0.
-    np.copyto(att, np.finfo(att.dtype).min, where=causal_mask(T))
+    att += causal_bias(T, att.dtype)
     att -= att.max(axis=-1, keepdims=True)
     att_probs = np.exp(att, out=att)                    # (B, H, T, T), rows sum to 1 below
     att_probs /= row_sum(att_probs)
     y = att_probs @ v                                   # (B, H, T, D)
     out = merge_heads(y)                                # (B, T, C)
-    cache = (q, k, v, att_probs, scale)
+    cache = (q, kT, v, att_probs, scale)
     return out, cache
 
 
 def attention_backward(dout, cache):
     """Gradient ``dqkv`` (B, T, 3C); see docs/derivations/attention.md."""
-    q, k, v, att_probs, scale = cache
+    q, kT, v, att_probs, scale = cache
     B, H, T, D = q.shape
     C = H * D
     check_dout(dout, (B, T, C), q.dtype)
-    dy = split_heads(dout, H)                                   # (B, H, T, D)
-    dv = att_probs.transpose(0, 1, 3, 2) @ dy                   # (B, H, T, D)
-    datt_probs = dy @ v.transpose(0, 1, 3, 2)                   # (B, H, T, T)
-    datt = softmax_backward_from_probs(datt_probs, att_probs)   # (B, H, T, T), zero where masked
-    dq = datt @ k                                               # (B, H, T, D)
+    # dY is laid out transposed, (B, H, D, T): OpenBLAS is slow only when the second operand
+    # alone is a transposed view (A @ B^T), which dY @ V^T would be on a plain dY; read as
+    # (dY^T)^T, both products below run at full speed.
+    dyT = np.ascontiguousarray(dout.reshape(B, T, H, D).transpose(0, 2, 3, 1))   # (B, H, D, T)
+    dv = att_probs.transpose(0, 1, 3, 2) @ dyT.transpose(0, 1, 3, 2)   # (B, H, T, D)
+    datt_probs = dyT.transpose(0, 1, 3, 2) @ v.transpose(0, 1, 3, 2)   # (B, H, T, T)
+    datt = softmax_backward_from_probs(datt_probs, att_probs)           # (B, H, T, T), zero where masked
+    k = np.ascontiguousarray(kT.transpose(0, 1, 3, 2))                 # (B, H, T, D)
+    dq = datt @ k                                                       # (B, H, T, D)
     dq *= scale
-    dk = datt.transpose(0, 1, 3, 2) @ q                         # (B, H, T, D); the cached q carries the scale
-    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)             # the fused layout, viewed per head
+    dk = datt.transpose(0, 1, 3, 2) @ q                 # (B, H, T, D); the cached q carries the scale
+    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)     # the fused layout, viewed per head
     dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
     dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
     dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)

@@ -115,7 +115,8 @@ def _assemble(dq, dk, dv):
 
 def backward_recomputing_probs(dout, cache, mask=False):
     """A plausible bug (mask=False): recompute P from q and k in the backward and forget the causal mask."""
-    q, k, v, _, scale = cache                       # the cached q already carries the 1/sqrt(D) scale
+    q, kT, v, _, scale = cache                      # the cached q already carries the 1/sqrt(D) scale
+    k = kT.transpose(0, 1, 3, 2)                    # keys are cached transposed, (B, H, D, T)
     B, H, T, D = q.shape
     scores = q @ k.transpose(0, 1, 3, 2)
     if mask:
@@ -134,7 +135,8 @@ def backward_recomputing_probs_without_mask(dout, cache):
 
 def backward_with_ds(dout, cache, transpose=True):
     """A plausible bug (transpose=True): dQ = dS^T K and dK = dS Q, with dS transposed."""
-    q, k, v, probs, scale = cache
+    q, kT, v, probs, scale = cache
+    k = kT.transpose(0, 1, 3, 2)
     B, H, T, D = q.shape
     dy = dout.reshape(B, T, H, D).transpose(0, 2, 1, 3)
     dv = probs.transpose(0, 1, 3, 2) @ dy
