@@ -277,9 +277,9 @@ class GPT:
                              "is undefined")
         if len(parts) > 1 and min(counts) == 0:            # a slice without targets: run the batch whole
             parts, counts = [slice(None)], [total]
-        if not accumulate:
-            self.flat_grads[...] = 0.0
-        sink = GradientSink(self.grads, len(parts))
+        # Without accumulation the first addition into each slot is a copy (see GradientSink),
+        # so the buffer needs no zeroing pass before the step.
+        sink = GradientSink(self.grads, len(parts), overwrite=not accumulate)
         if len(parts) == 1:
             loss = self._loss_and_grads_part(idx, targets, sink, 0, loss_scale, ignore_index, dropout_rng)
             return loss, self.grads
@@ -457,6 +457,10 @@ class GradientSink:
     are the same on every run, and no worker needs its own copy of the
     gradients (497 MB at GPT-2 124M).
 
+    With ``overwrite``, the first addition into each slot (worker 0's first
+    path, first in the fixed order) copies instead of adding, which saves
+    zeroing the buffer first; every slot receives such a first addition.
+
     A worker never stops to wait for its turn: an addition that cannot be made
     yet is queued (the gradient array is kept) and made as soon as the worker's
     next :meth:`add` finds it allowed, or in :meth:`finish`, the only call that
@@ -465,9 +469,10 @@ class GradientSink:
     :meth:`fail` to release the others.
     """
 
-    def __init__(self, grads, n_workers=1):
+    def __init__(self, grads, n_workers=1, overwrite=False):
         self.grads = grads
         self.n_workers = n_workers
+        self.overwrite = overwrite
         self._added = {}               # (name, path) -> how many workers have added
         self._queues = [[] for _ in range(n_workers)]
         self._cond = threading.Condition()
@@ -477,7 +482,7 @@ class GradientSink:
         if value is None or name not in self.grads:      # absent biases when bias=False
             return
         if self.n_workers == 1:
-            self.grads[name] += value
+            self._put(worker, name, path, value)
             return
         self._queues[worker].append((name, path, value))
         self._drain(worker, block=False)
@@ -502,11 +507,17 @@ class GradientSink:
                     raise WorkerFailed("another worker of this step failed")
                 if not self._turn(worker, name, path):
                     return
-            self.grads[name] += value      # outside the lock: no other worker may touch this slot now
+            self._put(worker, name, path, value)   # outside the lock: no other worker may touch this slot now
             queue.pop(0)
             with self._cond:
                 self._added[(name, path)] = worker + 1
                 self._cond.notify_all()
+
+    def _put(self, worker, name, path, value):
+        if self.overwrite and worker == 0 and path == 0:
+            np.copyto(self.grads[name], value)
+        else:
+            self.grads[name] += value
 
     def fail(self):
         with self._cond:

@@ -414,6 +414,22 @@ def test_accumulate_false_zeroes_old_gradients():
     np.testing.assert_allclose(model.flat_grads, 2 * once, rtol=1e-14)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_every_gradient_slot_is_overwritten_without_accumulate(n_threads, bias):
+    # The step copies (not adds) its first contribution into each slot instead of zeroing
+    # the buffer first: whatever was there before, NaN included, must be gone.
+    model = randomised_model(tiny_config(n_layer=2, bias=bias))
+    model.set_threads(n_threads)
+    idx, targets = batch(model.config)
+    model.flat_grads[...] = 0.0
+    model.loss_and_grads(idx, targets, accumulate=True)
+    want = model.flat_grads.copy()
+    model.flat_grads[...] = np.nan
+    model.loss_and_grads(idx, targets)
+    np.testing.assert_array_equal(model.flat_grads, want)
+
+
 def test_dropout_changes_the_loss_reproducibly():
     model = GPT(tiny_config(dropout=0.3), seed=0, dtype=np.float64)
     idx, targets = batch(model.config)

@@ -7,6 +7,7 @@ batch axis is just a batch axis.
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -68,6 +69,35 @@ def test_forward_matches_the_definition(n_head):
     qkv = np.random.default_rng(n_head).standard_normal((2, 6, 3 * 8))
     out, _ = attention_forward(qkv, n_head)
     np.testing.assert_allclose(out, reference_attention(qkv, n_head), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype, a", [(np.float64, 40.0), (np.float32, 15.0)])
+def test_forward_survives_scores_far_above_the_diagonal(dtype, a):
+    # The softmax shifts each row by its diagonal score; here key 0 scores a^2/sqrt(2)
+    # (1131 in float64, 159 in float32) above the diagonal, so exp overflows and the
+    # row-maximum fallback must take over: exact result, no warning, nothing infinite.
+    qkv = np.zeros((1, 3, 6), dtype=dtype)
+    qkv[0, :, 0] = a                          # every query (a, 0)
+    qkv[0, 0, 2] = a                          # key 0 (a, 0); keys 1, 2 are (0, 0)
+    qkv[0, :, 4:] = np.arange(6, dtype=dtype).reshape(3, 2)   # values
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, cache = attention_forward(qkv, 1)
+    assert np.isfinite(out).all() and np.isfinite(cache[3]).all()
+    np.testing.assert_array_equal(out[0], np.repeat(qkv[0, :1, 4:], 3, axis=0))   # all attend to key 0
+    np.testing.assert_allclose(out, reference_attention(qkv.astype(np.float64), 1), rtol=1e-6, atol=1e-12)
+
+
+def test_both_softmax_paths_agree_on_a_mixed_batch():
+    # One batch element overflows the diagonal shift, the other does not: the fallback
+    # recomputes the whole batch, and both elements must match the definition.
+    rng = np.random.default_rng(11)
+    qkv = rng.standard_normal((2, 5, 3 * 4))
+    qkv[1, :, :2] *= 60.0
+    qkv[1, 0, 4:6] = qkv[1, 1, :2]
+    out, _ = attention_forward(qkv, 2)
+    np.testing.assert_allclose(out, reference_attention(qkv, 2), rtol=1e-10, atol=1e-12)
+
 
 
 def test_zero_queries_average_the_visible_values():
