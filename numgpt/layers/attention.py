@@ -123,10 +123,12 @@ def attention_forward(qkv, n_head):
     kT = np.ascontiguousarray(qkv[:, :, C:2 * C].reshape(B, T, n_head, D).transpose(0, 2, 3, 1))  # (B, H, D, T)
     v = split_heads(qkv[:, :, 2 * C:], n_head)          # (B, H, T, D)
     att_probs = causal_softmax(q, kT)                   # (B, H, T, T)
-    y = att_probs @ v                                   # (B, H, T, D)
-    out = merge_heads(y)                                # (B, T, C)
+    # Y = P V is written straight into the merged (B, T, C) layout: BLAS takes the strided
+    # per-head view as its output, which saves merge_heads' copy.
+    out = np.empty((B, T, n_head, D), dtype=qkv.dtype)  # (B, T, H, D), seen per head below
+    np.matmul(att_probs, v, out=out.transpose(0, 2, 1, 3))   # Y, (B, H, T, D)
     cache = (q, kT, v, att_probs, scale)
-    return out, cache
+    return out.reshape(B, T, C), cache
 
 
 def attention_backward(dout, cache):
@@ -135,21 +137,20 @@ def attention_backward(dout, cache):
     B, H, T, D = q.shape
     C = H * D
     check_dout(dout, (B, T, C), q.dtype)
+    # The three gradients are written straight into the fused layout: dqkv viewed as
+    # (3, B, H, T, D) hands BLAS a strided output per block, which saves three copies.
+    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)
+    dq, dk, dv = dqkv.transpose(2, 0, 3, 1, 4)          # (B, H, T, D) views
     # dY is laid out transposed, (B, H, D, T): OpenBLAS is slow only when the second operand
     # alone is a transposed view (A @ B^T), which dY @ V^T would be on a plain dY; read as
     # (dY^T)^T, both products below run at full speed.
     dyT = np.ascontiguousarray(dout.reshape(B, T, H, D).transpose(0, 2, 3, 1))   # (B, H, D, T)
-    dv = att_probs.transpose(0, 1, 3, 2) @ dyT.transpose(0, 1, 3, 2)   # (B, H, T, D)
+    np.matmul(att_probs.transpose(0, 1, 3, 2), dyT.transpose(0, 1, 3, 2), out=dv)   # dV = P^T dY
     datt_probs = dyT.transpose(0, 1, 3, 2) @ v.transpose(0, 1, 3, 2)   # (B, H, T, T)
     datt = softmax_backward_from_probs(datt_probs, att_probs)           # (B, H, T, T), zero where masked
-    k = np.ascontiguousarray(kT.transpose(0, 1, 3, 2))                 # (B, H, T, D)
-    dq = datt @ k                                                       # (B, H, T, D)
-    dq *= scale
-    dk = datt.transpose(0, 1, 3, 2) @ q                 # (B, H, T, D); the cached q carries the scale
-    dqkv = np.empty((B, T, 3, H, D), dtype=q.dtype)     # the fused layout, viewed per head
-    dqkv[:, :, 0] = dq.transpose(0, 2, 1, 3)
-    dqkv[:, :, 1] = dk.transpose(0, 2, 1, 3)
-    dqkv[:, :, 2] = dv.transpose(0, 2, 1, 3)
+    k_scaled = np.multiply(kT.transpose(0, 1, 3, 2), scale, order="C")  # (B, H, T, D), K / sqrt(D)
+    np.matmul(datt, k_scaled, out=dq)                   # dQ = dS K / sqrt(D)
+    np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)    # dK = dS^T Q~; the cached q carries the scale
     return dqkv.reshape(B, T, 3 * C)
 
 
