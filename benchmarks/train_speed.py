@@ -158,12 +158,14 @@ def main():
             flops = flops_per_step(*cfg)
             kinds = ["numgpt", "torch"] if args.vs_torch else ["numgpt"]
             times = {k: [] for k in kinds}
+            rounds = {k: [] for k in kinds}       # each round's median, to show the spread
             rss = {k: 0.0 for k in kinds}
             for _ in range(args.repeats):
                 for kind in kinds:
                     res = run_worker(kind, name, threads, args.steps or STEPS[name],
                                      WARMUP[name] if args.warmup is None else args.warmup)
                     times[kind] += res["times"]
+                    rounds[kind].append(statistics.median(res["times"]))
                     rss[kind] = max(rss[kind], res["rss_mib"])
             ms = {}
             for kind in kinds:
@@ -172,7 +174,9 @@ def main():
                 print(f"{name:<7}{kind:<10}{ms[kind]:>10.1f}{tokens / (ms[kind] / 1000):>11,.0f}{gflops:>9.1f}"
                       f"{100 * gflops / peak:>7.0f}%{rss[kind]:>9.0f}")
             if args.vs_torch:
-                print(f"{name:<7}{'ratio':<10} numgpt/torch tokens/s = {ms['torch'] / ms['numgpt']:.2f}")
+                per_round = [t / n for n, t in zip(rounds["numgpt"], rounds["torch"])]
+                print(f"{name:<7}{'ratio':<10} numgpt/torch tokens/s = {ms['torch'] / ms['numgpt']:.2f}"
+                      f"  (round by round: {', '.join(f'{r:.2f}' for r in per_round)})")
 
 
 if __name__ == "__main__":
