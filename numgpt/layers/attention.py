@@ -61,7 +61,8 @@ def causal_bias(T, dtype):
 
     Adding it is the masked fill of the math in one broadcast pass, about twice as fast as
     ``np.copyto(..., where=causal_mask(T))`` with its boolean mask (measured on (6, 4, 64, 64)
-    float32); ``score + fill`` rounds back to ``fill`` for every score below about 1e31.
+    float32); ``score + fill`` rounds back to ``fill`` for every score of magnitude below about
+    1e31 (float32; 1e292 in float64).
     """
     dtype = np.dtype(dtype)
     bias = np.where(causal_mask(T), np.finfo(dtype).min, 0).astype(dtype)
