@@ -95,6 +95,12 @@ def test_both_softmax_paths_agree_on_a_mixed_batch():
     qkv = rng.standard_normal((2, 5, 3 * 4))
     qkv[1, :, :2] *= 60.0
     qkv[1, 0, 4:6] = qkv[1, 1, :2]
+    # guard: in element 1, head 0, some visible score exceeds its row's diagonal by more than
+    # float64's exp can take (709), so the fast path alone would overflow
+    q, k = qkv[1, :, 0:2], qkv[1, :, 4:6]               # head 0 (D = 2)
+    scores = q @ k.T / math.sqrt(2)
+    visible = np.tril(np.ones((5, 5), dtype=bool))
+    assert (scores - np.diag(scores)[:, None])[visible].max() > 710
     out, _ = attention_forward(qkv, 2)
     np.testing.assert_allclose(out, reference_attention(qkv, 2), rtol=1e-10, atol=1e-12)
 
