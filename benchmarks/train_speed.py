@@ -9,7 +9,9 @@ AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N 
 token, N the parameters without wpe), achieved GFLOP/s, that as a share of NumPy's float32 matmul
 peak measured in the same run (a 2048^3 matmul) and the peak RSS. Every measurement runs in its own
 process (NumPy's and PyTorch's thread pools fight when they share one), and with --vs-torch the two
-frameworks alternate, so drift of a shared machine hits both alike.
+frameworks alternate, so drift of a shared machine hits both alike. numgpt runs as `numgpt train`
+does: its extra workers are forked processes where the model picks them (NUMGPT_PROCESSES=0 forces
+threads), and the RSS column then adds the worker's peak to the main process's.
 """
 
 import argparse
@@ -36,8 +38,14 @@ def flops_per_step(n_layer, n_head, n_embd, block, batch, vocab):
 
 
 def peak_rss_mib():
+    """This process's peak RSS plus its largest child's (numgpt's worker process, once joined).
+
+    Memory shared between them (the parameters) is counted twice: an upper bound.
+    """
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) / 1024
 
 
 # --- workers (each runs in a fresh process) ------------------------------------------------
@@ -45,11 +53,13 @@ def peak_rss_mib():
 def worker_numgpt(cfg, steps, warmup):
     import numpy as np
 
+    from numgpt._parallel import default_processes
     from numgpt.model import GPT, GPTConfig
     from numgpt.optim import AdamW, clip_grad_norm, decay_mask_from_layout
 
     L, H, C, T, B, V = cfg
     model = GPT(GPTConfig(V, T, L, H, C), seed=0)
+    model.set_threads(model.n_threads, processes=default_processes())    # as `numgpt train` does
     opt = AdamW(model.flat_params, model.flat_grads, decay_mask_from_layout(model.layout), lr=1e-4,
                 betas=(0.9, 0.99), weight_decay=0.1)
     rng = np.random.default_rng(0)
@@ -63,7 +73,8 @@ def worker_numgpt(cfg, steps, warmup):
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return times
+    model.close()                   # joins the worker processes, so that their peak RSS is counted
+    return times, ("processes" if model.processes and model.n_threads > 1 else "threads")
 
 
 def worker_torch(cfg, steps, warmup, threads):
@@ -139,10 +150,10 @@ def main():
         steps = args.steps or STEPS[name]
         warmup = WARMUP[name] if args.warmup is None else args.warmup
         if args.worker == "numgpt":
-            times = worker_numgpt(CONFIGS[name], steps, warmup)
+            times, workers = worker_numgpt(CONFIGS[name], steps, warmup)
         else:
-            times = worker_torch(CONFIGS[name], steps, warmup, args.threads[0])
-        print(json.dumps({"times": times, "rss_mib": peak_rss_mib()}))
+            times, workers = worker_torch(CONFIGS[name], steps, warmup, args.threads[0]), "torch"
+        print(json.dumps({"times": times, "rss_mib": peak_rss_mib(), "workers": workers}))
         return
 
     import numpy as np
@@ -160,6 +171,7 @@ def main():
             times = {k: [] for k in kinds}
             rounds = {k: [] for k in kinds}       # each round's median, to show the spread
             rss = {k: 0.0 for k in kinds}
+            workers = set()
             for _ in range(args.repeats):
                 for kind in kinds:
                     res = run_worker(kind, name, threads, args.steps or STEPS[name],
@@ -167,12 +179,16 @@ def main():
                     times[kind] += res["times"]
                     rounds[kind].append(statistics.median(res["times"]))
                     rss[kind] = max(rss[kind], res["rss_mib"])
+                    if kind == "numgpt":
+                        workers.add(res["workers"])
             ms = {}
             for kind in kinds:
                 ms[kind] = 1000 * statistics.median(times[kind])
                 gflops = flops / (ms[kind] / 1000) / 1e9
                 print(f"{name:<7}{kind:<10}{ms[kind]:>10.1f}{tokens / (ms[kind] / 1000):>11,.0f}{gflops:>9.1f}"
                       f"{100 * gflops / peak:>7.0f}%{rss[kind]:>9.0f}")
+            if threads > 1:
+                print(f"{name:<7}{'':<10} numgpt's extra workers ran as {' and '.join(sorted(workers))}")
             if args.vs_torch:
                 per_round = [t / n for n, t in zip(rounds["numgpt"], rounds["torch"])]
                 print(f"{name:<7}{'ratio':<10} numgpt/torch tokens/s = {ms['torch'] / ms['numgpt']:.2f}"

@@ -32,6 +32,19 @@ def default_threads():
     return max(1, min(os.cpu_count() or 1, 4))
 
 
+def default_processes():
+    """Whether training runs its extra workers as processes: ``$NUMGPT_PROCESSES``, else ``"auto"``.
+
+    ``1`` forces forked processes, ``0`` threads, ``auto`` lets the model choose
+    (see ``GPT.set_threads``).
+    """
+    env = os.environ.get("NUMGPT_PROCESSES", "auto").strip().lower()
+    choices = {"1": True, "0": False, "auto": "auto", "": "auto"}
+    if env not in choices:
+        raise ValueError(f"NUMGPT_PROCESSES must be 1, 0 or auto, got {env!r}")
+    return choices[env]
+
+
 def _get_pool(workers):
     global _pool, _pool_size
     with _lock:

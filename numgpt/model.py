@@ -23,15 +23,22 @@ array. Names and shapes follow the GPT-2 checkpoints (weights stored (in, out)),
 so published weights map one to one.
 """
 
+import functools
 import math
 import threading
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from . import layers as L
+from ._blas import blas_threads
+from ._forked import ForkedWorkers, fork_available, shared_zeros
 from ._malloc import tune_malloc
 from ._parallel import default_threads, run_parallel, split
+
+# processes="auto" forks workers only while their private gradient buffers stay this small
+PROCESS_GRADS_LIMIT = 256 << 20
 
 
 @dataclass(frozen=True)
@@ -118,12 +125,16 @@ class GPT:
         self.dtype = dtype
         self.layout = param_layout(config)
         self.num_params = sum(math.prod(s) for _, s in self.layout)
-        self.flat_params = np.zeros(self.num_params, dtype=dtype)
+        # Shared memory, so that forked worker processes read the current parameters (numgpt/_forked.py).
+        self.flat_params = shared_zeros(self.num_params, dtype)
         self.flat_grads = np.zeros(self.num_params, dtype=dtype)
         self.params = _views(self.flat_params, self.layout)
         self.grads = _views(self.flat_grads, self.layout)
         self._zero_bias = np.zeros(config.n_embd, dtype=dtype)   # stands in for absent ln biases
         self.n_threads = default_threads()
+        self.processes = False          # see set_threads
+        self._workers = None            # the forked workers, started by the first step that needs them
+        self._worker_grads = []         # one flat gradient buffer per worker process, in shared memory
         tune_malloc()           # recycle freed activation buffers (see numgpt/_malloc.py)
         if init:        # init=False leaves zeros, for callers about to load weights (seconds saved at 124M)
             self.init_weights(seed)
@@ -277,20 +288,50 @@ class GPT:
                              "is undefined")
         if len(parts) > 1 and min(counts) == 0:            # a slice without targets: run the batch whole
             parts, counts = [slice(None)], [total]
-        # Without accumulation the first addition into each slot is a copy (see GradientSink),
-        # so the buffer needs no zeroing pass before the step.
-        sink = GradientSink(self.grads, len(parts), overwrite=not accumulate)
         if len(parts) == 1:
+            # Without accumulation the first addition into each slot is a copy (see GradientSink),
+            # so the buffer needs no zeroing pass before the step.
+            sink = GradientSink(self.grads, 1, overwrite=not accumulate)
             loss = self._loss_and_grads_part(idx, targets, sink, 0, loss_scale, ignore_index, dropout_rng)
             return loss, self.grads
         # Child generators seeded from the parent's stream (not Generator.spawn, whose
         # counter is not part of the saved state): a resumed run draws the same masks.
-        rngs = ([np.random.default_rng(seed) for seed in dropout_rng.integers(0, 2**63, size=len(parts))]
-                if dropout_rng is not None else [None] * len(parts))
-        jobs = [(idx[s], targets[s], sink, k, loss_scale * n / total, ignore_index, rng)
-                for k, (s, n, rng) in enumerate(zip(parts, counts, rngs))]
-        losses = run_parallel(self._loss_and_grads_part, jobs, secondary=(WorkerFailed,))
+        seeds = (dropout_rng.integers(0, 2**63, size=len(parts)).tolist() if dropout_rng is not None
+                 else [None] * len(parts))
+        scales = [loss_scale * n / total for n in counts]
+        if self._use_processes():
+            losses = self._forked_step(idx, targets, parts, scales, seeds, ignore_index, accumulate)
+        else:
+            sink = GradientSink(self.grads, len(parts), overwrite=not accumulate)
+            jobs = [(idx[s], targets[s], sink, k, scale, ignore_index, _rng(seed))
+                    for k, (s, scale, seed) in enumerate(zip(parts, scales, seeds))]
+            losses = run_parallel(self._loss_and_grads_part, jobs, secondary=(WorkerFailed,))
         return sum(loss * n for loss, n in zip(losses, counts)) / total, self.grads
+
+    def _forked_step(self, idx, targets, parts, scales, seeds, ignore_index, accumulate):
+        """The slices after the first run in worker processes, the first one here; returns their losses.
+
+        Each worker writes its slice's gradient into its own shared buffer; they
+        are added into ``flat_grads`` after this process's own slice, in worker
+        order, so the sums are the same on every run.
+        """
+        workers = self._start_workers()
+        for k in range(1, len(parts)):
+            s = parts[k]
+            workers.submit(k - 1, (k - 1, idx[s], targets[s], scales[k], ignore_index, seeds[k]))
+        sink = GradientSink(self.grads, 1, overwrite=not accumulate)
+        with blas_threads(1):           # the other cores run the workers
+            losses = [self._slice_backward(idx[parts[0]], targets[parts[0]], sink, 0, scales[0], ignore_index,
+                                           _rng(seeds[0]))]
+        for k in range(1, len(parts)):
+            losses.append(workers.result(k - 1))
+            self.flat_grads += self._worker_grads[k - 1]
+        return losses
+
+    def _worker_slice(self, k, idx, targets, loss_scale, ignore_index, seed):
+        """Runs in worker process ``k``: one slice's loss, its gradient written to that worker's buffer."""
+        sink = GradientSink(_views(self._worker_grads[k], self.layout), 1, overwrite=True)
+        return self._slice_backward(idx, targets, sink, 0, loss_scale, ignore_index, _rng(seed))
 
     def _loss_and_grads_part(self, idx, targets, sink, worker, loss_scale, ignore_index, dropout_rng):
         """Forward and backward of one batch slice, adding its gradients through ``sink`` as ``worker``.
@@ -359,11 +400,50 @@ class GPT:
 
     # --- threads ---------------------------------------------------------------------------
 
-    def set_threads(self, n_threads):
-        """Use ``n_threads`` worker threads per step (1 disables the batch-parallel fast path)."""
+    def set_threads(self, n_threads, processes=None):
+        """Use ``n_threads`` workers per step (1 disables the batch-parallel fast path).
+
+        ``processes=True`` runs every slice after the first in a forked worker
+        process instead of a thread (Linux only, see numgpt/_forked.py): no
+        interpreter lock between the slices, for one private gradient buffer
+        (``num_params`` values) per extra worker. ``"auto"`` takes processes where
+        they are available and those buffers take at most ``PROCESS_GRADS_LIMIT``
+        bytes in all; ``None`` keeps the current choice. The workers are forked by
+        the first step that needs them and see later parameter values (shared
+        memory) but not other changes made to this object or to the code after
+        the fork. :meth:`close` stops them; they also end with this process.
+        """
         if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)) or n_threads < 1:
             raise ValueError(f"n_threads must be a positive integer, got {n_threads!r}")
+        if not (processes is None or isinstance(processes, bool) or
+                (isinstance(processes, str) and processes == "auto")):
+            raise ValueError(f"processes must be True, False, 'auto' or None, got {processes!r}")
+        if processes == "auto":
+            grads_bytes = (int(n_threads) - 1) * self.num_params * self.dtype.itemsize
+            processes = fork_available() and grads_bytes <= PROCESS_GRADS_LIMIT
+        if int(n_threads) != self.n_threads or (processes is not None and processes != self.processes):
+            self.close()
         self.n_threads = int(n_threads)
+        if processes is not None:
+            self.processes = bool(processes)
+
+    def _use_processes(self):
+        return self.processes and fork_available()
+
+    def _start_workers(self):
+        if self._workers is None or self._workers.closed:
+            n = self.n_threads - 1
+            self._worker_grads = [shared_zeros(self.num_params, self.dtype) for _ in range(n)]
+            # A weak reference: the workers must not keep this model alive (its finalizer stops them).
+            self._workers = ForkedWorkers(n, functools.partial(_run_worker_slice, weakref.ref(self)))
+        return self._workers
+
+    def close(self):
+        """Stop this model's worker processes, if any (a later step starts new ones)."""
+        if self._workers is not None:
+            self._workers.close()
+            self._workers = None
+            self._worker_grads = []
 
     def _batch_parts(self, B):
         return [slice(lo, hi) for lo, hi in split(B, self.n_threads)]
@@ -432,6 +512,14 @@ class GPT:
                 if value.shape != p.shape:
                     raise ValueError(f"parameter {name} must have shape {p.shape}, got {value.shape}")
                 p[...] = value
+
+
+def _run_worker_slice(model_ref, *job):
+    return model_ref()._worker_slice(*job)
+
+
+def _rng(seed):
+    return None if seed is None else np.random.default_rng(seed)
 
 
 def _linear_back(add, dout, cache, prefix):

@@ -36,6 +36,7 @@ import numpy as np
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, check_data_fits, get_batch, load_text, split_train_val
+from ._parallel import default_processes
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout
 from .sample import generate, generate_text
@@ -381,6 +382,8 @@ def train(cfg, log=print):
     if model.config.dropout != cfg.dropout:
         model.config = dataclasses.replace(model.config, dropout=cfg.dropout)
 
+    # Forked worker processes when they pay (small models; see GPT.set_threads), else threads.
+    model.set_threads(model.n_threads, processes=default_processes())
     optimizer = AdamW(model.flat_params, model.flat_grads, decay_mask_from_layout(model.layout),
                       lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if resumed is not None:
@@ -471,6 +474,7 @@ def train(cfg, log=print):
                             "tokens_per_s": tok_s, "grad_norm": norm})
     finally:
         metrics.close()
+        model.close()               # the worker processes, if any
 
     samples = None
     if cfg.sample_tokens and tokenizer is not None and not interrupted:

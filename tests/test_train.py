@@ -16,6 +16,7 @@ import sys
 import numpy as np
 import pytest
 
+from numgpt._forked import fork_available
 from numgpt.checkpoint import load_checkpoint
 from numgpt.data import DataError
 from numgpt.model import GPT, GPTConfig
@@ -119,6 +120,20 @@ def test_same_seed_same_losses(textfile, tmp_path):
     assert a.losses == b.losses
     np.testing.assert_array_equal(a.model.flat_params, b.model.flat_params)
     assert a.losses != c.losses
+
+
+@pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork")
+def test_worker_processes_train_as_threads_do(textfile, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMGPT_THREADS", "2")
+    monkeypatch.setenv("NUMGPT_PROCESSES", "0")
+    threads = train(tiny(textfile, tmp_path / "t", dtype="float64", dropout=0.1), log=quiet)
+    monkeypatch.setenv("NUMGPT_PROCESSES", "1")
+    forked = train(tiny(textfile, tmp_path / "p", dtype="float64", dropout=0.1), log=quiet)
+    assert forked.model.processes and not threads.model.processes
+    assert forked.model._workers is None                     # train stops its workers when it ends
+    # the same masks and batches; only the order of one sum (the tied wte's) differs
+    np.testing.assert_allclose(forked.losses, threads.losses, rtol=1e-12)
+    np.testing.assert_allclose(forked.model.flat_params, threads.model.flat_params, rtol=1e-9, atol=1e-12)
 
 
 # --- resume ----------------------------------------------------------------------------------------

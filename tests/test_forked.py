@@ -1,0 +1,371 @@
+"""Tests for numgpt._forked and the model's worker processes (GPT.set_threads(..., processes=True)).
+
+The processes must give the gradients of one thread (float64, to rounding), see
+parameters written after the fork, report a worker's failure in the parent,
+survive a step that stopped half way, and end when the model is closed or
+collected.
+"""
+
+import gc
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import numgpt.layers as layers
+import numgpt.model as model_module
+from numgpt._forked import ForkedWorkers, WorkerProcessDied, fork_available, shared_zeros
+from numgpt._parallel import default_processes
+from numgpt.model import GPT, GPTConfig
+
+pytestmark = pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork")
+
+
+def _config(**overrides):
+    sizes = {"vocab_size": 13, "block_size": 8, "n_layer": 2, "n_head": 2, "n_embd": 8}
+    return GPTConfig(**{**sizes, **overrides})
+
+
+def _models(config, n_workers=2, seed=0):
+    """A one-thread model and a process-worker model with the same (randomised) parameters."""
+    one = GPT(config, seed=seed, dtype=np.float64)
+    rng = np.random.default_rng(seed + 7)
+    one.flat_params[...] = rng.normal(0.0, 0.3, one.num_params)
+    one.set_threads(1)
+    forked = GPT(config, dtype=np.float64)
+    forked.flat_params[...] = one.flat_params
+    forked.set_threads(n_workers, processes=True)
+    return one, forked
+
+
+def _batch(config, B, T=7, seed=1):
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, config.vocab_size, (B, T))
+    targets = rng.integers(0, config.vocab_size, (B, T))
+    return idx, targets
+
+
+def _worker_pids(model):
+    return [p.pid for p in model._workers._procs]
+
+
+def _alive(pid):
+    try:
+        os.waitpid(pid, os.WNOHANG)        # reap it if it has ended
+    except ChildProcessError:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- shared memory and the generic workers ------------------------------------------------------
+
+def _sum_into(shared, k, values):
+    shared[k] = float(np.sum(values))
+    return ("done", k)
+
+
+def test_shared_zeros_is_zeroed_and_seen_by_a_forked_worker():
+    shared = shared_zeros(5, np.float32)
+    assert shared.dtype == np.float32 and shared.shape == (5,) and not shared.any()
+    workers = ForkedWorkers(2, lambda k, values: _sum_into(shared, k, values))
+    try:
+        workers.submit(0, (3, np.arange(4.0)))
+        workers.submit(1, (4, np.ones(3)))
+        assert workers.result(0) == ("done", 3)
+        assert workers.result(1) == ("done", 4)
+        np.testing.assert_array_equal(shared, [0, 0, 0, 6, 3])       # written by the children
+    finally:
+        workers.close()
+
+
+def test_a_worker_error_is_raised_in_the_parent_with_the_workers_traceback():
+    def fails(x):
+        if x < 0:
+            raise ValueError(f"negative {x}")
+        return x * 2
+
+    workers = ForkedWorkers(1, fails)
+    try:
+        workers.submit(0, (-3,))
+        with pytest.raises(ValueError, match="negative -3") as info:
+            workers.result(0)
+        assert any("worker process 1" in note and "fails" in note for note in info.value.__notes__)
+        workers.submit(0, (5,))              # the worker lives on
+        assert workers.result(0) == 10
+    finally:
+        workers.close()
+
+
+def test_an_unpicklable_error_still_reaches_the_parent():
+    class Local(Exception):                  # a local class cannot be pickled
+        pass
+
+    def fails():
+        raise Local("not picklable")
+
+    workers = ForkedWorkers(1, fails)
+    try:
+        workers.submit(0, ())
+        with pytest.raises(RuntimeError, match="Local: not picklable"):
+            workers.result(0)
+    finally:
+        workers.close()
+
+
+def test_an_uncollected_reply_is_dropped_before_the_next_job():
+    workers = ForkedWorkers(1, lambda x: x + 1)
+    try:
+        workers.submit(0, (1,))              # the caller "fails" before reading this reply
+        workers.submit(0, (10,))
+        assert workers.result(0) == 11
+    finally:
+        workers.close()
+
+
+def test_close_ends_the_workers_and_refuses_new_jobs():
+    workers = ForkedWorkers(3, lambda: None)
+    pids = [p.pid for p in workers._procs]
+    start = time.monotonic()
+    workers.close()
+    # Prompt: every worker exits on seeing its pipe closed; none waits for close()'s 2 s
+    # fallback that terminates it.
+    assert time.monotonic() - start < 1.0
+    workers.close()                          # idempotent
+    assert not any(_alive(pid) for pid in pids)
+    with pytest.raises(RuntimeError, match="closed"):
+        workers.submit(0, ())
+
+
+def test_a_killed_worker_is_reported():
+    workers = ForkedWorkers(1, lambda: time.sleep(30))
+    try:
+        workers.submit(0, ())
+        os.kill(workers._procs[0].pid, signal.SIGKILL)
+        with pytest.raises(WorkerProcessDied, match="worker process 1 ended without replying"):
+            workers.result(0)
+        assert workers.closed
+    finally:
+        workers.close()
+
+
+# --- the model's worker processes ------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_workers, B", [(2, 2), (2, 5), (3, 3), (3, 7)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_processes_give_the_gradient_of_one_thread(n_workers, B, bias):
+    config = _config(bias=bias)
+    one, forked = _models(config, n_workers)
+    idx, targets = _batch(config, B, seed=B)
+    targets[0, :3] = -1                      # uneven target counts between the slices
+    try:
+        loss1, _ = one.loss_and_grads(idx, targets)
+        loss2, _ = forked.loss_and_grads(idx, targets)
+        assert forked._workers is not None and len(forked._workers) == n_workers - 1
+        assert loss2 == pytest.approx(loss1, rel=1e-13)
+        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+        # accumulation with a loss scale adds onto what is there
+        one.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
+        forked.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
+        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+    finally:
+        forked.close()
+
+
+def test_workers_read_the_parameters_written_after_the_fork():
+    config = _config()
+    one, forked = _models(config)
+    idx, targets = _batch(config, 4)
+    try:
+        forked.loss_and_grads(idx, targets)          # forks the worker
+        pid = _worker_pids(forked)
+        for step in range(3):                        # an optimizer-like in-place update each time
+            update = np.random.default_rng(step).normal(0.0, 0.1, one.num_params)
+            one.flat_params += update
+            forked.flat_params += update
+            loss1, _ = one.loss_and_grads(idx, targets)
+            loss2, _ = forked.loss_and_grads(idx, targets)
+            assert loss2 == pytest.approx(loss1, rel=1e-13)
+            np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+        assert _worker_pids(forked) == pid           # the same worker all along
+    finally:
+        forked.close()
+
+
+def test_process_dropout_matches_thread_dropout():
+    config = _config(dropout=0.3)
+    _, forked = _models(config)
+    threaded = GPT(config, dtype=np.float64)
+    threaded.flat_params[...] = forked.flat_params
+    threaded.set_threads(2, processes=False)
+    idx, targets = _batch(config, 4)
+    try:
+        a, _ = forked.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
+        b, _ = threaded.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
+        assert a == pytest.approx(b, rel=1e-13) and a != forked.loss(idx, targets)
+        np.testing.assert_allclose(forked.flat_grads, threaded.flat_grads, rtol=1e-11, atol=1e-15)
+    finally:
+        forked.close()
+
+
+def test_process_gradients_are_bitwise_reproducible():
+    config = _config()
+    _, forked = _models(config)
+    idx, targets = _batch(config, 6)
+    try:
+        runs = []
+        for _ in range(5):
+            forked.loss_and_grads(idx, targets)
+            runs.append(forked.flat_grads.copy())
+        assert all(np.array_equal(g, runs[0]) for g in runs[1:])
+    finally:
+        forked.close()
+
+
+def test_a_failing_worker_process_reports_its_error_and_a_new_worker_recovers(monkeypatch):
+    config = _config()
+    one, forked = _models(config)
+    idx, targets = _batch(config, 4)
+    parent = os.getpid()
+    real = layers.gelu_backward
+
+    def fails_in_a_worker_process(dout, cache):
+        if os.getpid() != parent:
+            raise ArithmeticError("boom in a worker process")
+        return real(dout, cache)
+
+    monkeypatch.setattr(layers, "gelu_backward", fails_in_a_worker_process)   # before the fork
+    try:
+        with pytest.raises(ArithmeticError, match="boom in a worker process"):
+            forked.loss_and_grads(idx, targets)
+        monkeypatch.setattr(layers, "gelu_backward", real)
+        forked.close()                       # the worker keeps the code it was forked with
+        loss2, _ = forked.loss_and_grads(idx, targets)
+        loss1, _ = one.loss_and_grads(idx, targets)
+        assert loss2 == pytest.approx(loss1, rel=1e-13)
+        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+    finally:
+        forked.close()
+
+
+def test_a_step_that_fails_in_the_parent_leaves_the_next_step_right(monkeypatch):
+    # The worker's reply to the failed step is still in the pipe; it must not be taken
+    # for the next step's.
+    config = _config()
+    one, forked = _models(config)
+    idx, targets = _batch(config, 4)
+    idx2, targets2 = _batch(config, 4, seed=9)
+    real = layers.layernorm_backward
+    parent = os.getpid()
+    try:
+        forked.loss_and_grads(idx, targets)          # fork with the real code
+
+        def fails_in_the_parent(dout, cache):
+            if os.getpid() == parent:
+                raise ArithmeticError("boom in the parent")
+            return real(dout, cache)
+
+        monkeypatch.setattr(layers, "layernorm_backward", fails_in_the_parent)
+        with pytest.raises(ArithmeticError, match="boom in the parent"):
+            forked.loss_and_grads(idx, targets)
+        monkeypatch.setattr(layers, "layernorm_backward", real)
+        loss2, _ = forked.loss_and_grads(idx2, targets2)
+        loss1, _ = one.loss_and_grads(idx2, targets2)
+        assert loss2 == pytest.approx(loss1, rel=1e-13)
+        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+    finally:
+        forked.close()
+
+
+def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew():
+    config = _config()
+    one, forked = _models(config)
+    idx, targets = _batch(config, 4)
+    try:
+        forked.loss_and_grads(idx, targets)
+        (pid,) = _worker_pids(forked)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerProcessDied):
+            forked.loss_and_grads(idx, targets)
+        loss2, _ = forked.loss_and_grads(idx, targets)
+        assert _worker_pids(forked) != [pid]
+        loss1, _ = one.loss_and_grads(idx, targets)
+        assert loss2 == pytest.approx(loss1, rel=1e-13)
+    finally:
+        forked.close()
+
+
+def test_close_and_collection_end_the_worker_processes():
+    config = _config()
+    _, forked = _models(config)
+    idx, targets = _batch(config, 4)
+    forked.loss_and_grads(idx, targets)
+    pids = _worker_pids(forked)
+    forked.close()
+    assert not any(_alive(pid) for pid in pids)
+    forked.loss_and_grads(idx, targets)              # a later step starts a new worker
+    pids = _worker_pids(forked)
+    assert all(_alive(pid) for pid in pids)
+    del forked
+    gc.collect()
+    deadline = time.monotonic() + 5.0
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def test_set_threads_chooses_and_validates_the_worker_kind(monkeypatch):
+    model = GPT(_config())
+    assert model.processes is False                  # the library's default: threads
+    model.set_threads(2, processes="auto")
+    assert model.processes is True                   # a small model on Linux
+    model.set_threads(2, processes=None)             # None keeps the choice
+    assert model.processes is True
+    monkeypatch.setattr(model_module, "PROCESS_GRADS_LIMIT", model.num_params * model.dtype.itemsize - 1)
+    model.set_threads(2, processes="auto")           # a private buffer would exceed the limit
+    assert model.processes is False
+    model.set_threads(1, processes=True)
+    idx, targets = _batch(model.config, 4)
+    model.loss_and_grads(idx, targets)               # one worker: nothing to fork
+    assert model._workers is None
+    for bad in ("yes", 2, 1.0):
+        with pytest.raises(ValueError, match="processes"):
+            model.set_threads(2, processes=bad)
+
+
+def test_changing_the_worker_count_restarts_the_workers():
+    config = _config()
+    one, forked = _models(config, n_workers=2)
+    idx, targets = _batch(config, 6)
+    try:
+        forked.loss_and_grads(idx, targets)
+        first = _worker_pids(forked)
+        forked.set_threads(3)
+        assert not any(_alive(pid) for pid in first)
+        forked.loss_and_grads(idx, targets)
+        assert len(_worker_pids(forked)) == 2
+        one.loss_and_grads(idx, targets)
+        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+    finally:
+        forked.close()
+
+
+@pytest.mark.parametrize("value, expected", [(None, "auto"), ("auto", "auto"), ("1", True), ("0", False),
+                                             (" AUTO ", "auto")])
+def test_default_processes_reads_the_environment(monkeypatch, value, expected):
+    if value is None:
+        monkeypatch.delenv("NUMGPT_PROCESSES", raising=False)
+    else:
+        monkeypatch.setenv("NUMGPT_PROCESSES", value)
+    assert default_processes() == expected
+
+
+def test_default_processes_rejects_other_values(monkeypatch):
+    monkeypatch.setenv("NUMGPT_PROCESSES", "threads")
+    with pytest.raises(ValueError, match="NUMGPT_PROCESSES must be 1, 0 or auto, got 'threads'"):
+        default_processes()
