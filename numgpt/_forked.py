@@ -104,7 +104,10 @@ class ForkedWorkers:
             raise RuntimeError("these worker processes are closed")
         if self._pending[k]:          # an earlier step stopped before reading this reply
             self._receive(k)
-        self._conns[k].send(job)
+        try:
+            self._conns[k].send(job)
+        except OSError:               # BrokenPipeError: the worker has ended
+            self._died(k)
         self._pending[k] = True
 
     def result(self, k):
@@ -118,12 +121,14 @@ class ForkedWorkers:
         try:
             reply = self._conns[k].recv()
         except (EOFError, OSError):
-            code = self._procs[k].exitcode
-            self.close()
-            raise WorkerProcessDied(f"numgpt worker process {k + 1} ended without replying "
-                                    f"(exit code {code}); the step's gradients are incomplete") from None
+            self._died(k)
         self._pending[k] = False
         return reply
+
+    def _died(self, k):
+        self.close()                  # joins the workers, so the exit code is known
+        raise WorkerProcessDied(f"numgpt worker process {k + 1} ended without replying (exit code "
+                                f"{self._procs[k].exitcode}); the step's gradients are incomplete") from None
 
     def close(self):
         """Stop the workers (idempotent; also runs when this object is collected or at exit)."""

@@ -161,14 +161,16 @@ class GPT:
         return n
 
     def memory_estimate(self, batch_size, block_size=None):
-        """Rough bytes for parameters, gradients, AdamW moments and one step's activations."""
+        """Rough bytes for parameters, gradients, AdamW moments, worker processes' gradients and one step's activations."""
         c = self.config
         T = c.block_size if block_size is None else block_size
         item = self.dtype.itemsize
         state = 4 * self.num_params * item
+        workers = (self.n_threads - 1) * self.num_params * item if self._use_processes() else 0
         per_token_layer = 24 * c.n_embd + 2 * c.n_head * T     # cached activations + attention probs
         acts = batch_size * T * (c.n_layer * per_token_layer + 3 * c.vocab_size) * item
-        return {"parameters_and_optimizer": state, "activations": acts, "total": state + acts}
+        return {"parameters_and_optimizer": state, "worker_gradients": workers, "activations": acts,
+                "total": state + workers + acts}
 
     def zero_grad(self):
         self.flat_grads[...] = 0.0
@@ -273,11 +275,14 @@ class GPT:
         ``dropout_rng`` (numpy Generator) is given. The returned loss is unscaled.
 
         Fast path: the batch is cut into ``self.n_threads`` slices that run at
-        once on worker threads (NumPy releases the GIL in BLAS and ufuncs), each
-        with a single-threaded BLAS, all adding into the one gradient buffer in a
-        fixed order (see :class:`GradientSink`). Each slice's loss gradient is
-        weighted by its share of the targets, so the result is the whole batch's
-        gradient (tests/test_model.py compares 1 and 2 threads).
+        once, each with a single-threaded BLAS: on worker threads (NumPy releases
+        the GIL in BLAS and ufuncs), all adding into the one gradient buffer in a
+        fixed order (see :class:`GradientSink`), or, after
+        ``set_threads(n, processes=True)``, the first slice here and the others
+        in forked worker processes whose gradients are added afterwards in worker
+        order. Each slice's loss gradient is weighted by its share of the
+        targets, so the result is the whole batch's gradient (tests/test_model.py
+        and tests/test_forked.py compare with one thread).
         """
         self._check_targets(idx, targets)
         parts = self._batch_parts(idx.shape[0])
@@ -398,7 +403,7 @@ class GPT:
         assert not caches
         return float(loss)
 
-    # --- threads ---------------------------------------------------------------------------
+    # --- threads and worker processes ---------------------------------------------------------
 
     def set_threads(self, n_threads, processes=None):
         """Use ``n_threads`` workers per step (1 disables the batch-parallel fast path).

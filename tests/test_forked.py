@@ -147,7 +147,7 @@ def test_a_killed_worker_is_reported():
     try:
         workers.submit(0, ())
         os.kill(workers._procs[0].pid, signal.SIGKILL)
-        with pytest.raises(WorkerProcessDied, match="worker process 1 ended without replying"):
+        with pytest.raises(WorkerProcessDied, match=r"worker process 1 ended without replying \(exit code -9\)"):
             workers.result(0)
         assert workers.closed
     finally:
@@ -300,6 +300,24 @@ def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew():
         forked.close()
 
 
+def test_a_worker_process_killed_between_steps_is_reported_and_replaced():
+    config = _config()
+    one, forked = _models(config)
+    idx, targets = _batch(config, 4)
+    try:
+        forked.loss_and_grads(idx, targets)
+        (pid,) = _worker_pids(forked)
+        os.kill(pid, signal.SIGKILL)
+        forked._workers._procs[0].join(timeout=5.0)     # it has ended before the next step
+        with pytest.raises(WorkerProcessDied, match=r"exit code -9"):
+            forked.loss_and_grads(idx, targets)          # the job cannot even be sent
+        loss2, _ = forked.loss_and_grads(idx, targets)
+        loss1, _ = one.loss_and_grads(idx, targets)
+        assert loss2 == pytest.approx(loss1, rel=1e-13)
+    finally:
+        forked.close()
+
+
 def test_close_and_collection_end_the_worker_processes():
     config = _config()
     _, forked = _models(config)
@@ -369,3 +387,15 @@ def test_default_processes_rejects_other_values(monkeypatch):
     monkeypatch.setenv("NUMGPT_PROCESSES", "threads")
     with pytest.raises(ValueError, match="NUMGPT_PROCESSES must be 1, 0 or auto, got 'threads'"):
         default_processes()
+
+
+def test_memory_estimate_counts_the_worker_gradient_buffers():
+    model = GPT(_config())
+    model.set_threads(3, processes=False)
+    threads = model.memory_estimate(batch_size=4)
+    assert threads["worker_gradients"] == 0
+    model.set_threads(3, processes=True)
+    forked = model.memory_estimate(batch_size=4)
+    assert forked["worker_gradients"] == 2 * model.num_params * 4            # two workers, float32
+    assert forked["total"] == threads["total"] + forked["worker_gradients"]
+    assert threads["parameters_and_optimizer"] == 4 * model.num_params * 4   # params, grads, m, v
