@@ -251,9 +251,30 @@ class GPT:
         return logits
 
     def loss(self, idx, targets, ignore_index=-1):
-        """Mean cross-entropy of the next-token predictions, evaluation mode."""
+        """Mean cross-entropy of the next-token predictions, evaluation mode.
+
+        With worker processes (see :meth:`set_threads`) the batch's slices are
+        evaluated at once, one per worker, and their means weighted by their
+        target counts: the whole batch's mean up to rounding.
+        """
         self._check_targets(idx, targets)
-        loss, _ = L.softmax_cross_entropy_forward(self.forward(idx), targets, ignore_index)
+        parts = self._batch_parts(idx.shape[0])
+        if len(parts) > 1 and self._use_processes():
+            counts = [int(np.count_nonzero(targets[s] != ignore_index)) for s in parts]
+            if min(counts) > 0:          # else the whole batch below (and its error if it has no targets)
+                workers = self._start_workers()
+                for k in range(1, len(parts)):
+                    workers.submit(k - 1, ("loss", idx[parts[k]], targets[parts[k]], ignore_index))
+                with blas_threads(1):
+                    losses = [self._slice_loss(idx[parts[0]], targets[parts[0]], ignore_index)]
+                losses += [workers.result(k - 1) for k in range(1, len(parts))]
+                return sum(loss * n for loss, n in zip(losses, counts)) / sum(counts)
+        return self._slice_loss(idx, targets, ignore_index)
+
+    def _slice_loss(self, idx, targets, ignore_index):
+        x, _ = self._forward(idx)
+        logits, _ = L.linear_forward(x, self.params["wte"].T)                       # (B, T, V)
+        loss, _ = L.softmax_cross_entropy_forward(logits, targets, ignore_index, overwrite_logits=True)
         return float(loss)
 
     def _check_targets(self, idx, targets):
@@ -323,7 +344,7 @@ class GPT:
         workers = self._start_workers()
         for k in range(1, len(parts)):
             s = parts[k]
-            workers.submit(k - 1, (k - 1, idx[s], targets[s], scales[k], ignore_index, seeds[k]))
+            workers.submit(k - 1, ("grads", k - 1, idx[s], targets[s], scales[k], ignore_index, seeds[k]))
         sink = GradientSink(self.grads, 1, overwrite=not accumulate)
         with blas_threads(1):           # the other cores run the workers
             losses = [self._slice_backward(idx[parts[0]], targets[parts[0]], sink, 0, scales[0], ignore_index,
@@ -440,7 +461,7 @@ class GPT:
             n = self.n_threads - 1
             self._worker_grads = [shared_zeros(self.num_params, self.dtype) for _ in range(n)]
             # A weak reference: the workers must not keep this model alive (its finalizer stops them).
-            self._workers = ForkedWorkers(n, functools.partial(_run_worker_slice, weakref.ref(self)))
+            self._workers = ForkedWorkers(n, functools.partial(_run_worker_job, weakref.ref(self)))
         return self._workers
 
     def close(self):
@@ -519,8 +540,10 @@ class GPT:
                 p[...] = value
 
 
-def _run_worker_slice(model_ref, *job):
-    return model_ref()._worker_slice(*job)
+def _run_worker_job(model_ref, kind, *args):
+    """What a worker process runs: a slice's gradient ("grads") or its evaluation loss ("loss")."""
+    model = model_ref()
+    return model._worker_slice(*args) if kind == "grads" else model._slice_loss(*args)
 
 
 def _rng(seed):

@@ -399,3 +399,23 @@ def test_memory_estimate_counts_the_worker_gradient_buffers():
     assert forked["worker_gradients"] == 2 * model.num_params * 4            # two workers, float32
     assert forked["total"] == threads["total"] + forked["worker_gradients"]
     assert threads["parameters_and_optimizer"] == 4 * model.num_params * 4   # params, grads, m, v
+
+
+@pytest.mark.parametrize("B", [2, 3, 5])
+def test_evaluation_loss_with_processes_is_the_whole_batch_mean(B):
+    config = _config()
+    one, forked = _models(config, n_workers=3)
+    idx, targets = _batch(config, B, seed=B)
+    targets[0, :4] = -1                      # uneven target counts between the slices
+    try:
+        expected = one.loss(idx, targets)
+        got = forked.loss(idx, targets)
+        assert forked._workers is not None   # the slices really went to the workers
+        assert got == pytest.approx(expected, rel=1e-13)
+        targets[: B // 2 or 1] = -1          # a slice without targets: evaluated whole instead
+        if (targets != -1).any():
+            assert forked.loss(idx, targets) == pytest.approx(one.loss(idx, targets), rel=1e-13)
+        with pytest.raises(ValueError, match="ignore_index"):
+            forked.loss(idx, np.full_like(targets, -1))
+    finally:
+        forked.close()
