@@ -1,11 +1,11 @@
-"""Forked worker processes for the training step: batch slices in parallel without the GIL.
+"""Forked worker processes for training: batch slices in parallel without the GIL.
 
 Why: the training step cuts the batch into one slice per core (see
 ``GPT.loss_and_grads``). On threads the slices share one interpreter lock, and
 every stretch of Python between two NumPy calls of one slice may wait for the
 other slice's. At the 4 x 128 model that cost was measured at about 10% of the
-step: a half batch took 28.9 ms alone in a process (also with a twin process
-beside it) and about 32.5 ms beside its twin on a thread. Forked processes run
+step: a half batch took 28.8 ms alone in a process, 28.9 with a twin process
+beside it, and about 32.5 ms beside its twin on a thread. Forked processes run
 the same slices with no lock between them. Their price: one private gradient
 buffer per extra worker, added into the model's in a fixed order after the
 step, and one fork when the workers start.
