@@ -161,7 +161,7 @@ class GPT:
         return n
 
     def memory_estimate(self, batch_size, block_size=None):
-        """Rough bytes for parameters, gradients, AdamW moments, worker processes' gradients and one step's activations."""
+        """Rough bytes for parameters, gradients, AdamW moments, worker gradients and one step's activations."""
         c = self.config
         T = c.block_size if block_size is None else block_size
         item = self.dtype.itemsize

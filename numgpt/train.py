@@ -34,9 +34,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._parallel import default_processes
 from .checkpoint import load_checkpoint, save_checkpoint
 from .data import DataError, check_data_fits, get_batch, load_text, split_train_val
-from ._parallel import default_processes
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout
 from .sample import generate, generate_text

@@ -47,6 +47,14 @@ def _batch(config, B, T=7, seed=1):
     return idx, targets
 
 
+def _assert_same_step(forked, one, idx, targets):
+    """One step of each model gives the same loss and gradient (float64, to rounding)."""
+    loss2, _ = forked.loss_and_grads(idx, targets)
+    loss1, _ = one.loss_and_grads(idx, targets)
+    assert loss2 == pytest.approx(loss1, rel=1e-13)
+    np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+
+
 def _worker_pids(model):
     return [p.pid for p in model._workers._procs]
 
@@ -164,11 +172,8 @@ def test_processes_give_the_gradient_of_one_thread(n_workers, B, bias):
     idx, targets = _batch(config, B, seed=B)
     targets[0, :3] = -1                      # uneven target counts between the slices
     try:
-        loss1, _ = one.loss_and_grads(idx, targets)
-        loss2, _ = forked.loss_and_grads(idx, targets)
+        _assert_same_step(forked, one, idx, targets)
         assert forked._workers is not None and len(forked._workers) == n_workers - 1
-        assert loss2 == pytest.approx(loss1, rel=1e-13)
-        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
         # accumulation with a loss scale adds onto what is there
         one.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
         forked.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
@@ -188,10 +193,7 @@ def test_workers_read_the_parameters_written_after_the_fork():
             update = np.random.default_rng(step).normal(0.0, 0.1, one.num_params)
             one.flat_params += update
             forked.flat_params += update
-            loss1, _ = one.loss_and_grads(idx, targets)
-            loss2, _ = forked.loss_and_grads(idx, targets)
-            assert loss2 == pytest.approx(loss1, rel=1e-13)
-            np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+            _assert_same_step(forked, one, idx, targets)
         assert _worker_pids(forked) == pid           # the same worker all along
     finally:
         forked.close()
@@ -245,10 +247,7 @@ def test_a_failing_worker_process_reports_its_error_and_a_new_worker_recovers(mo
             forked.loss_and_grads(idx, targets)
         monkeypatch.setattr(layers, "gelu_backward", real)
         forked.close()                       # the worker keeps the code it was forked with
-        loss2, _ = forked.loss_and_grads(idx, targets)
-        loss1, _ = one.loss_and_grads(idx, targets)
-        assert loss2 == pytest.approx(loss1, rel=1e-13)
-        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+        _assert_same_step(forked, one, idx, targets)
     finally:
         forked.close()
 
@@ -274,15 +273,13 @@ def test_a_step_that_fails_in_the_parent_leaves_the_next_step_right(monkeypatch)
         with pytest.raises(ArithmeticError, match="boom in the parent"):
             forked.loss_and_grads(idx, targets)
         monkeypatch.setattr(layers, "layernorm_backward", real)
-        loss2, _ = forked.loss_and_grads(idx2, targets2)
-        loss1, _ = one.loss_and_grads(idx2, targets2)
-        assert loss2 == pytest.approx(loss1, rel=1e-13)
-        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+        _assert_same_step(forked, one, idx2, targets2)
     finally:
         forked.close()
 
 
-def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew():
+@pytest.mark.parametrize("ended_before_the_step", [False, True])
+def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew(ended_before_the_step):
     config = _config()
     one, forked = _models(config)
     idx, targets = _batch(config, 4)
@@ -290,30 +287,12 @@ def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew():
         forked.loss_and_grads(idx, targets)
         (pid,) = _worker_pids(forked)
         os.kill(pid, signal.SIGKILL)
-        with pytest.raises(WorkerProcessDied):
+        if ended_before_the_step:                        # then the job cannot even be sent
+            forked._workers._procs[0].join(timeout=5.0)
+        with pytest.raises(WorkerProcessDied, match=r"exit code -9" if ended_before_the_step else "ended"):
             forked.loss_and_grads(idx, targets)
-        loss2, _ = forked.loss_and_grads(idx, targets)
+        _assert_same_step(forked, one, idx, targets)
         assert _worker_pids(forked) != [pid]
-        loss1, _ = one.loss_and_grads(idx, targets)
-        assert loss2 == pytest.approx(loss1, rel=1e-13)
-    finally:
-        forked.close()
-
-
-def test_a_worker_process_killed_between_steps_is_reported_and_replaced():
-    config = _config()
-    one, forked = _models(config)
-    idx, targets = _batch(config, 4)
-    try:
-        forked.loss_and_grads(idx, targets)
-        (pid,) = _worker_pids(forked)
-        os.kill(pid, signal.SIGKILL)
-        forked._workers._procs[0].join(timeout=5.0)     # it has ended before the next step
-        with pytest.raises(WorkerProcessDied, match=r"exit code -9"):
-            forked.loss_and_grads(idx, targets)          # the job cannot even be sent
-        loss2, _ = forked.loss_and_grads(idx, targets)
-        loss1, _ = one.loss_and_grads(idx, targets)
-        assert loss2 == pytest.approx(loss1, rel=1e-13)
     finally:
         forked.close()
 
