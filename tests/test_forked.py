@@ -40,6 +40,21 @@ def _models(config, n_workers=2, seed=0):
     return one, forked
 
 
+@pytest.fixture
+def models():
+    """``models(config, n_workers=2)`` -> (one-thread model, process-worker model); workers stopped after the test."""
+    made = []
+
+    def make(config, n_workers=2, seed=0):
+        one, forked = _models(config, n_workers, seed)
+        made.append(forked)
+        return one, forked
+
+    yield make
+    for forked in made:
+        forked.close()
+
+
 def _batch(config, B, T=7, seed=1):
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, config.vocab_size, (B, T))
@@ -166,72 +181,60 @@ def test_a_killed_worker_is_reported():
 
 @pytest.mark.parametrize("n_workers, B", [(2, 2), (2, 5), (3, 3), (3, 7)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_processes_give_the_gradient_of_one_thread(n_workers, B, bias):
+def test_processes_give_the_gradient_of_one_thread(n_workers, B, bias, models):
     config = _config(bias=bias)
-    one, forked = _models(config, n_workers)
+    one, forked = models(config, n_workers)
     idx, targets = _batch(config, B, seed=B)
     targets[0, :3] = -1                      # uneven target counts between the slices
-    try:
-        _assert_same_step(forked, one, idx, targets)
-        assert forked._workers is not None and len(forked._workers) == n_workers - 1
-        # accumulation with a loss scale adds onto what is there
-        one.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
-        forked.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
-        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
-    finally:
-        forked.close()
+    _assert_same_step(forked, one, idx, targets)
+    assert forked._workers is not None and len(forked._workers) == n_workers - 1
+    # accumulation with a loss scale adds onto what is there
+    one.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
+    forked.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
+    np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
 
 
-def test_workers_read_the_parameters_written_after_the_fork():
+def test_workers_read_the_parameters_written_after_the_fork(models):
     config = _config()
-    one, forked = _models(config)
+    one, forked = models(config)
     idx, targets = _batch(config, 4)
-    try:
-        forked.loss_and_grads(idx, targets)          # forks the worker
-        pid = _worker_pids(forked)
-        for step in range(3):                        # an optimizer-like in-place update each time
-            update = np.random.default_rng(step).normal(0.0, 0.1, one.num_params)
-            one.flat_params += update
-            forked.flat_params += update
-            _assert_same_step(forked, one, idx, targets)
-        assert _worker_pids(forked) == pid           # the same worker all along
-    finally:
-        forked.close()
+    forked.loss_and_grads(idx, targets)          # forks the worker
+    pid = _worker_pids(forked)
+    for step in range(3):                        # an optimizer-like in-place update each time
+        update = np.random.default_rng(step).normal(0.0, 0.1, one.num_params)
+        one.flat_params += update
+        forked.flat_params += update
+        _assert_same_step(forked, one, idx, targets)
+    assert _worker_pids(forked) == pid           # the same worker all along
 
 
-def test_process_dropout_matches_thread_dropout():
+def test_process_dropout_matches_thread_dropout(models):
     config = _config(dropout=0.3)
-    _, forked = _models(config)
+    _, forked = models(config)
     threaded = GPT(config, dtype=np.float64)
     threaded.flat_params[...] = forked.flat_params
     threaded.set_threads(2, processes=False)
     idx, targets = _batch(config, 4)
-    try:
-        a, _ = forked.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
-        b, _ = threaded.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
-        assert a == pytest.approx(b, rel=1e-13) and a != forked.loss(idx, targets)
-        np.testing.assert_allclose(forked.flat_grads, threaded.flat_grads, rtol=1e-11, atol=1e-15)
-    finally:
-        forked.close()
+    a, _ = forked.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
+    b, _ = threaded.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
+    assert a == pytest.approx(b, rel=1e-13) and a != forked.loss(idx, targets)
+    np.testing.assert_allclose(forked.flat_grads, threaded.flat_grads, rtol=1e-11, atol=1e-15)
 
 
-def test_process_gradients_are_bitwise_reproducible():
+def test_process_gradients_are_bitwise_reproducible(models):
     config = _config()
-    _, forked = _models(config)
+    _, forked = models(config)
     idx, targets = _batch(config, 6)
-    try:
-        runs = []
-        for _ in range(5):
-            forked.loss_and_grads(idx, targets)
-            runs.append(forked.flat_grads.copy())
-        assert all(np.array_equal(g, runs[0]) for g in runs[1:])
-    finally:
-        forked.close()
+    runs = []
+    for _ in range(5):
+        forked.loss_and_grads(idx, targets)
+        runs.append(forked.flat_grads.copy())
+    assert all(np.array_equal(g, runs[0]) for g in runs[1:])
 
 
-def test_a_failing_worker_process_reports_its_error_and_a_new_worker_recovers(monkeypatch):
+def test_a_failing_worker_process_reports_its_error_and_a_new_worker_recovers(monkeypatch, models):
     config = _config()
-    one, forked = _models(config)
+    one, forked = models(config)
     idx, targets = _batch(config, 4)
     parent = os.getpid()
     real = layers.gelu_backward
@@ -242,59 +245,50 @@ def test_a_failing_worker_process_reports_its_error_and_a_new_worker_recovers(mo
         return real(dout, cache)
 
     monkeypatch.setattr(layers, "gelu_backward", fails_in_a_worker_process)   # before the fork
-    try:
-        with pytest.raises(ArithmeticError, match="boom in a worker process"):
-            forked.loss_and_grads(idx, targets)
-        monkeypatch.setattr(layers, "gelu_backward", real)
-        forked.close()                       # the worker keeps the code it was forked with
-        _assert_same_step(forked, one, idx, targets)
-    finally:
-        forked.close()
+    with pytest.raises(ArithmeticError, match="boom in a worker process"):
+        forked.loss_and_grads(idx, targets)
+    monkeypatch.setattr(layers, "gelu_backward", real)
+    forked.close()                       # the worker keeps the code it was forked with
+    _assert_same_step(forked, one, idx, targets)
 
 
-def test_a_step_that_fails_in_the_parent_leaves_the_next_step_right(monkeypatch):
+def test_a_step_that_fails_in_the_parent_leaves_the_next_step_right(monkeypatch, models):
     # The worker's reply to the failed step is still in the pipe; it must not be taken
     # for the next step's.
     config = _config()
-    one, forked = _models(config)
+    one, forked = models(config)
     idx, targets = _batch(config, 4)
     idx2, targets2 = _batch(config, 4, seed=9)
     real = layers.layernorm_backward
     parent = os.getpid()
-    try:
-        forked.loss_and_grads(idx, targets)          # fork with the real code
+    forked.loss_and_grads(idx, targets)          # fork with the real code
 
-        def fails_in_the_parent(dout, cache):
-            if os.getpid() == parent:
-                raise ArithmeticError("boom in the parent")
-            return real(dout, cache)
+    def fails_in_the_parent(dout, cache):
+        if os.getpid() == parent:
+            raise ArithmeticError("boom in the parent")
+        return real(dout, cache)
 
-        monkeypatch.setattr(layers, "layernorm_backward", fails_in_the_parent)
-        with pytest.raises(ArithmeticError, match="boom in the parent"):
-            forked.loss_and_grads(idx, targets)
-        monkeypatch.setattr(layers, "layernorm_backward", real)
-        _assert_same_step(forked, one, idx2, targets2)
-    finally:
-        forked.close()
+    monkeypatch.setattr(layers, "layernorm_backward", fails_in_the_parent)
+    with pytest.raises(ArithmeticError, match="boom in the parent"):
+        forked.loss_and_grads(idx, targets)
+    monkeypatch.setattr(layers, "layernorm_backward", real)
+    _assert_same_step(forked, one, idx2, targets2)
 
 
 @pytest.mark.parametrize("ended_before_the_step", [False, True])
-def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew(ended_before_the_step):
+def test_a_killed_worker_process_fails_the_step_and_the_next_step_forks_anew(ended_before_the_step, models):
     config = _config()
-    one, forked = _models(config)
+    one, forked = models(config)
     idx, targets = _batch(config, 4)
-    try:
+    forked.loss_and_grads(idx, targets)
+    (pid,) = _worker_pids(forked)
+    os.kill(pid, signal.SIGKILL)
+    if ended_before_the_step:                        # then the job cannot even be sent
+        forked._workers._procs[0].join(timeout=5.0)
+    with pytest.raises(WorkerProcessDied, match=r"exit code -9" if ended_before_the_step else "ended"):
         forked.loss_and_grads(idx, targets)
-        (pid,) = _worker_pids(forked)
-        os.kill(pid, signal.SIGKILL)
-        if ended_before_the_step:                        # then the job cannot even be sent
-            forked._workers._procs[0].join(timeout=5.0)
-        with pytest.raises(WorkerProcessDied, match=r"exit code -9" if ended_before_the_step else "ended"):
-            forked.loss_and_grads(idx, targets)
-        _assert_same_step(forked, one, idx, targets)
-        assert _worker_pids(forked) != [pid]
-    finally:
-        forked.close()
+    _assert_same_step(forked, one, idx, targets)
+    assert _worker_pids(forked) != [pid]
 
 
 def test_close_and_collection_end_the_worker_processes():
@@ -335,21 +329,18 @@ def test_set_threads_chooses_and_validates_the_worker_kind(monkeypatch):
             model.set_threads(2, processes=bad)
 
 
-def test_changing_the_worker_count_restarts_the_workers():
+def test_changing_the_worker_count_restarts_the_workers(models):
     config = _config()
-    one, forked = _models(config, n_workers=2)
+    one, forked = models(config, n_workers=2)
     idx, targets = _batch(config, 6)
-    try:
-        forked.loss_and_grads(idx, targets)
-        first = _worker_pids(forked)
-        forked.set_threads(3)
-        assert not any(_alive(pid) for pid in first)
-        forked.loss_and_grads(idx, targets)
-        assert len(_worker_pids(forked)) == 2
-        one.loss_and_grads(idx, targets)
-        np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
-    finally:
-        forked.close()
+    forked.loss_and_grads(idx, targets)
+    first = _worker_pids(forked)
+    forked.set_threads(3)
+    assert not any(_alive(pid) for pid in first)
+    forked.loss_and_grads(idx, targets)
+    assert len(_worker_pids(forked)) == 2
+    one.loss_and_grads(idx, targets)
+    np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
 
 
 @pytest.mark.parametrize("value, expected", [(None, "auto"), ("auto", "auto"), ("1", True), ("0", False),
@@ -381,20 +372,17 @@ def test_memory_estimate_counts_the_worker_gradient_buffers():
 
 
 @pytest.mark.parametrize("B", [2, 3, 5])
-def test_evaluation_loss_with_processes_is_the_whole_batch_mean(B):
+def test_evaluation_loss_with_processes_is_the_whole_batch_mean(B, models):
     config = _config()
-    one, forked = _models(config, n_workers=3)
+    one, forked = models(config, n_workers=3)
     idx, targets = _batch(config, B, seed=B)
     targets[0, :4] = -1                      # uneven target counts between the slices
-    try:
-        expected = one.loss(idx, targets)
-        got = forked.loss(idx, targets)
-        assert forked._workers is not None   # the slices really went to the workers
-        assert got == pytest.approx(expected, rel=1e-13)
-        targets[: B // 2 or 1] = -1          # a slice without targets: evaluated whole instead
-        if (targets != -1).any():
-            assert forked.loss(idx, targets) == pytest.approx(one.loss(idx, targets), rel=1e-13)
-        with pytest.raises(ValueError, match="ignore_index"):
-            forked.loss(idx, np.full_like(targets, -1))
-    finally:
-        forked.close()
+    expected = one.loss(idx, targets)
+    got = forked.loss(idx, targets)
+    assert forked._workers is not None   # the slices really went to the workers
+    assert got == pytest.approx(expected, rel=1e-13)
+    targets[: B // 2 or 1] = -1          # a slice without targets: evaluated whole instead
+    if (targets != -1).any():
+        assert forked.loss(idx, targets) == pytest.approx(one.loss(idx, targets), rel=1e-13)
+    with pytest.raises(ValueError, match="ignore_index"):
+        forked.loss(idx, np.full_like(targets, -1))
