@@ -158,7 +158,7 @@ def test_close_ends_the_workers_and_refuses_new_jobs():
     workers.close()
     # Prompt: every worker exits on seeing its pipe closed; none waits for close()'s 2 s
     # fallback that terminates it.
-    assert time.monotonic() - start < 1.0
+    assert time.monotonic() - start < 1.5
     workers.close()                          # idempotent
     assert not any(_alive(pid) for pid in pids)
     with pytest.raises(RuntimeError, match="closed"):
