@@ -6,11 +6,12 @@ Rooms, lowest first (a room never imports a higher one):
 ``sample`` -> ``train`` -> ``cli``.
 """
 
+from .checkpoint import load_run
 from .gpt2 import load_gpt2, save_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
 from .sample import generate, generate_text
-from .train import TrainConfig, load_run, train
+from .train import TrainConfig, train
 
 __version__ = "0.1.0"
 

@@ -44,6 +44,7 @@ run cannot afford to lose is never half-written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import zipfile
@@ -53,7 +54,8 @@ import numpy as np
 
 from ._atomic import atomic_writer
 
-__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT"]
+__all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT", "CHECKPOINT_NAME",
+           "save_run", "load_run", "load_for_inference"]
 
 FORMAT_KEY = "__numgpt_format__"
 META_KEY = "__numgpt_meta__"
@@ -299,6 +301,101 @@ def _decode_meta(path: str, raw: np.ndarray) -> dict:
     return meta
 
 
+
 # ---------------------------------------------------------------------------
-# Atomic file replacement
+# Training runs: a model, its optimizer, tokenizer and loop state in one file
 # ---------------------------------------------------------------------------
+
+CHECKPOINT_NAME = "ckpt.npz"
+RUN_KIND = "numgpt-run"
+
+
+def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val_loss, rng, task=None) -> None:
+    """Everything needed to sample from or resume a run, as one atomic ``.npz``.
+
+    ``train_config`` is the run's settings as a dict (or an object with
+    ``to_dict()``); ``task`` is ``{"name": ...}`` for a synthetic task.
+    """
+    import math
+
+    arrays = {f"params/{name}": p for name, p in model.params.items()}
+    if optimizer is not None:
+        arrays["optim/m"] = optimizer.m
+        arrays["optim/v"] = optimizer.v
+    if train_config is not None and not isinstance(train_config, dict):
+        train_config = train_config.to_dict()
+    meta = {
+        "kind": RUN_KIND,
+        "model_config": model.config.to_dict(),
+        "dtype": str(model.dtype),
+        "train_config": train_config,
+        "tokenizer": tokenizer.to_state() if tokenizer is not None else None,
+        "task": task,
+        "iter_num": int(iter_num),
+        "best_val_loss": None if best_val_loss is None or not math.isfinite(best_val_loss) else float(best_val_loss),
+        "optimizer_t": int(optimizer.t) if optimizer is not None else 0,
+        "rng_state": rng.bit_generator.state if rng is not None else None,
+    }
+    save_checkpoint(path, arrays, meta)
+
+
+def load_run(path, dtype=None):
+    """``(model, tokenizer, meta, arrays)`` from a checkpoint written by :func:`save_run`.
+
+    ``tokenizer`` is None for a synthetic-task run (``meta["task"]`` names the task).
+    """
+    from .model import GPT, GPTConfig
+    from .tokenizers import tokenizer_from_state
+
+    path = os.fspath(path)
+    arrays, meta = load_checkpoint(path)
+    if meta.get("kind") != RUN_KIND or not isinstance(meta.get("model_config"), dict):
+        raise CheckpointError(f"{path}: a numgpt checkpoint, but not of a training run (kind {meta.get('kind')!r})")
+    try:
+        config = GPTConfig.from_dict(meta["model_config"])
+        model = GPT(config, dtype=dtype or meta.get("dtype", "float32"), init=False)
+        params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+        model.load_state_dict(params)
+        tokenizer = tokenizer_from_state(meta["tokenizer"]) if meta.get("tokenizer") else None
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    return model, tokenizer, meta, arrays
+
+
+def load_for_inference(out_dir=None, *, init_from=None, dtype=None):
+    """``(model, tokenizer, task)`` to sample from, the one loader of ``sample``, ``attention`` and the API.
+
+    ``init_from`` names a Hugging Face GPT-2 directory (its weights and its
+    tokenizer); otherwise the training checkpoint ``out_dir/ckpt.npz`` is
+    read. ``tokenizer`` is None and ``task`` a :class:`numgpt.tasks.Task` for
+    a synthetic-task run; for text runs ``task`` is None.
+    """
+    if init_from:
+        from .gpt2 import load_gpt2, load_gpt2_tokenizer
+
+        model = load_gpt2(init_from, dtype=dtype or np.float32)
+        tokenizer = load_gpt2_tokenizer(init_from)
+        if tokenizer is None:
+            raise ValueError(f"{init_from} has no GPT-2 tokenizer files (vocab.json + merges.txt)")
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ValueError(f"init_from {init_from} has vocab_size {model.config.vocab_size} but its "
+                             f"tokenizer has {tokenizer.vocab_size} tokens")
+        return model, tokenizer, None
+    out_dir = "out" if out_dir is None else os.fspath(out_dir)
+    path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"no checkpoint in {out_dir}; train first (numgpt train --out_dir "
+                                f"{out_dir}) or give --init_from a GPT-2 directory", path)
+    model, tokenizer, meta, _ = load_run(path, dtype=dtype)
+    task = None
+    if tokenizer is None:
+        from .tasks import make_task
+
+        spec = meta.get("task")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise CheckpointError(f"{path}: has neither a tokenizer nor a synthetic task to read prompts with")
+        try:
+            task = make_task(spec["name"])
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(f"{path}: {e}") from None
+    return model, tokenizer, task

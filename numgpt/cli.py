@@ -118,24 +118,11 @@ def cmd_train(args):
 # --- sample ----------------------------------------------------------------------------
 
 def _load_for_sampling(args):
-    if args.init_from:
-        from .gpt2 import load_gpt2, load_gpt2_tokenizer
-        model = load_gpt2(args.init_from)
-        tokenizer = load_gpt2_tokenizer(args.init_from)
-        if tokenizer is None:
-            raise ValueError(f"{args.init_from} has no GPT-2 tokenizer files (vocab.json + merges.txt)")
-        if model.config.vocab_size != tokenizer.vocab_size:
-            raise ValueError(f"--init_from {args.init_from} has vocab_size {model.config.vocab_size} but its "
-                             f"tokenizer has {tokenizer.vocab_size} tokens")
-        return model, tokenizer
-    from .train import CHECKPOINT_NAME, load_run
-    path = os.path.join(args.out_dir, CHECKPOINT_NAME)
-    if not os.path.exists(path):
-        raise ValueError(f"no checkpoint at {path}; train first (numgpt train --out_dir {args.out_dir}) "
-                         f"or give --init_from a GPT-2 directory")
-    model, tokenizer, meta, _ = load_run(path)
+    from .checkpoint import load_for_inference
+
+    model, tokenizer, task = load_for_inference(args.out_dir, init_from=args.init_from)
     if tokenizer is None:
-        raise ValueError(f"{path} is a synthetic-task checkpoint ({meta.get('task')}); it has no text tokenizer")
+        raise ValueError(f"{args.out_dir} holds a synthetic-task checkpoint ({task!r}); it has no text tokenizer")
     return model, tokenizer
 
 

@@ -35,14 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._parallel import default_processes
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, save_run
 from .data import DataError, check_data_fits, get_batch, load_text, split_train_val
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout
 from .sample import generate, generate_text
-from .tokenizers import ByteTokenizer, CharTokenizer, encode_array, tokenizer_from_state
+from .tokenizers import ByteTokenizer, CharTokenizer, encode_array
 
-CHECKPOINT_NAME = "ckpt.npz"
 METRICS_NAME = "metrics.jsonl"
 
 
@@ -214,47 +213,6 @@ def prepare_data(cfg, tokenizer=None, log=print):
     check_data_fits(train_ids, cfg.block_size, "the training split")
     check_data_fits(val_ids, cfg.block_size, "the validation split (the last 10% of the text)")
     return TextData(tokenizer, train_ids, val_ids, description)
-
-
-# --- checkpoints --------------------------------------------------------------------------
-
-def save_run(path, model, optimizer, tokenizer, cfg, iter_num, best_val_loss, rng, task=None):
-    """Everything needed to sample from or resume a run, as one atomic .npz."""
-    arrays = {f"params/{name}": p for name, p in model.params.items()}
-    if optimizer is not None:
-        arrays["optim/m"] = optimizer.m
-        arrays["optim/v"] = optimizer.v
-    meta = {
-        "kind": "numgpt-run",
-        "model_config": model.config.to_dict(),
-        "dtype": str(model.dtype),
-        "train_config": cfg.to_dict() if cfg is not None else None,
-        "tokenizer": tokenizer.to_state() if tokenizer is not None else None,
-        "task": task,
-        "iter_num": int(iter_num),
-        "best_val_loss": None if best_val_loss is None or not math.isfinite(best_val_loss) else float(best_val_loss),
-        "optimizer_t": int(optimizer.t) if optimizer is not None else 0,
-        "rng_state": rng.bit_generator.state if rng is not None else None,
-    }
-    save_checkpoint(path, arrays, meta)
-
-
-def load_run(path, dtype=None):
-    """``(model, tokenizer, meta, arrays)`` from a checkpoint written by :func:`save_run`."""
-    from .checkpoint import CheckpointError
-
-    arrays, meta = load_checkpoint(path)
-    if meta.get("kind") != "numgpt-run" or "model_config" not in meta:
-        raise CheckpointError(f"{path}: a numgpt checkpoint, but not of a training run (kind {meta.get('kind')!r})")
-    config = GPTConfig.from_dict(meta["model_config"])
-    model = GPT(config, dtype=dtype or meta.get("dtype", "float32"), init=False)
-    params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
-    try:
-        model.load_state_dict(params)
-    except ValueError as e:
-        raise CheckpointError(f"{path}: {e}") from None
-    tokenizer = tokenizer_from_state(meta["tokenizer"]) if meta.get("tokenizer") else None
-    return model, tokenizer, meta, arrays
 
 
 # --- the loop --------------------------------------------------------------------------------

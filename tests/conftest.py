@@ -47,3 +47,9 @@ def pytest_runtest_makereport(item, call):
         report.longrepr = f"skipped under NUMGPT_FORBID_SKIPS=1: {call.excinfo.value}"
         return report
     return None
+
+
+# Subprocesses the tests start (`python -m numgpt ...`) import the numgpt of this checkout, the one
+# under test, whether or not (and wherever) numgpt is installed.
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ["PYTHONPATH"] = os.pathsep.join([_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
