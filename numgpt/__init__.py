@@ -3,10 +3,10 @@
 Rooms, lowest first (a room never imports a higher one):
 ``layers`` (forward/backward pairs) -> ``gradcheck`` -> ``model`` -> ``optim`` ->
 ``tokenizers``/``bpe``/``data``/``tasks`` -> ``checkpoint``/``safetensors``/``gpt2`` ->
-``sample`` -> ``train`` -> ``cli``.
+``sample`` -> ``config``/``rundir`` -> ``train`` -> ``cli``.
 """
 
-from .checkpoint import load_run
+from .checkpoint import load_for_inference, load_run
 from .gpt2 import load_gpt2, save_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr
@@ -16,4 +16,4 @@ from .train import TrainConfig, train
 __version__ = "0.1.0"
 
 __all__ = ["GPT", "GPTConfig", "AdamW", "clip_grad_norm", "cosine_lr", "generate", "generate_text",
-           "TrainConfig", "train", "load_run", "load_gpt2", "save_gpt2", "__version__"]
+           "TrainConfig", "train", "load_run", "load_for_inference", "load_gpt2", "save_gpt2", "__version__"]

@@ -152,7 +152,10 @@ def _stop(conns, procs):
 def _child_main(conn, parent_ends, target):
     for end in parent_ends:
         end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole process group
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group; the parent decides when to stop,
+    # and the worker ends when the parent closes its pipe.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     set_blas_threads(1)                            # one core per worker, as on the threads
     while True:
         try:

@@ -27,49 +27,22 @@ def cmd_gradcheck(args):
 
 # --- train ---------------------------------------------------------------------------
 
-_TRAIN_HELP = {
-    "data": "'default' (built-in corpus, no download), 'shakespeare' (downloaded once), or a UTF-8 text file",
-    "task": "train a synthetic task instead of text: 'sort' or 'add'",
-    "tokenizer": "'char', 'byte' or 'bpe' (a BPE vocabulary trained on the data)",
-    "vocab_size": "vocabulary size of the BPE tokenizer",
-    "n_layer": "transformer blocks", "n_head": "attention heads", "n_embd": "embedding width C",
-    "block_size": "context length T", "dropout": "dropout probability (0 disables)",
-    "bias": "biases in linear and layer-norm layers (GPT-2 has them)",
-    "init_from": "a Hugging Face GPT-2 directory to fine-tune (config.json + model.safetensors)",
-    "batch_size": "sequences per micro-batch",
-    "gradient_accumulation_steps": "micro-batches per optimizer step",
-    "max_iters": "optimizer steps in all", "learning_rate": "peak learning rate",
-    "min_lr": "learning rate at the end of the cosine decay", "warmup_iters": "linear warmup steps",
-    "lr_decay_iters": "step at which the cosine reaches min_lr", "weight_decay": "AdamW decoupled weight decay",
-    "beta1": "AdamW beta1", "beta2": "AdamW beta2", "grad_clip": "global gradient-norm clip (0 disables)",
-    "eval_interval": "evaluate (and maybe checkpoint) every this many steps",
-    "eval_iters": "batches per split in each evaluation", "log_interval": "print progress every this many steps",
-    "eval_only": "evaluate once and exit", "sample_tokens": "tokens of text sampled at the end (0: none)",
-    "seed": "random seed (init, batches, dropout)", "out_dir": "where the checkpoint and metrics.jsonl go",
-    "dtype": "float32 (training) or float64", "resume": "continue from out_dir/ckpt.npz",
-}
-
-
 def _add_train_flags(p):
-    from .train import TrainConfig
+    from .config import settings_help
 
-    for f in dataclasses.fields(TrainConfig):
-        default = f.default
-        help_text = f"{_TRAIN_HELP.get(f.name, '')} (default: {default!r})"
-        flag = f"--{f.name}"
+    for name, (default, help_text, choices) in settings_help().items():
+        help_text = f"{help_text} (default: {default!r})"
+        flag = f"--{name}"
         # SUPPRESS: only flags given on the command line appear in args, so they can
         # override a --config file and a resumed run's saved settings.
         if isinstance(default, bool):
-            if default:
-                p.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text)
-            else:
-                p.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            p.add_argument(flag, action=action, default=argparse.SUPPRESS, help=help_text)
         else:
             kind = {int: _int, float: _float, str: str}[type(default)]
-            choices = {"tokenizer": ["char", "byte", "bpe"], "dtype": ["float32", "float64"],
-                       "task": ["sort", "add"]}.get(f.name)
+            metavar = name.upper() if choices is None else "{" + ",".join(c for c in choices if c) + "}"
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices, help=help_text,
-                           metavar=f.name.upper() if choices is None else None)
+                           metavar=metavar)
     p.add_argument("--config", metavar="FILE", help="TOML or JSON file of settings (flags override it)")
 
 
@@ -88,28 +61,27 @@ def _float(text):
 
 
 def cmd_train(args):
-    from .train import CHECKPOINT_NAME, TrainConfig, load_config_file, train
+    import signal
 
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "func", "config")}
-    settings = {}
-    if args.config:
-        settings.update(load_config_file(args.config))
-    settings.update(given)
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+    from .config import TrainConfig, load_config_file, resume_settings
+    from .train import train
+
+    settings = load_config_file(args.config) if args.config else {}
+    settings.update({k: v for k, v in vars(args).items() if k not in ("command", "func", "config")})
     if settings.get("resume"):
-        out_dir = settings.get("out_dir", TrainConfig.out_dir)
-        path = os.path.join(out_dir, CHECKPOINT_NAME)
-        if not os.path.exists(path):
-            raise ValueError(f"--resume: no checkpoint at {path}")
-        from .checkpoint import load_checkpoint
-        saved = dict(load_checkpoint(path)[1].get("train_config") or {})
-        saved.update(settings)
-        settings = saved
+        path = os.path.join(settings.get("out_dir", TrainConfig.out_dir), CHECKPOINT_NAME)
+        if os.path.exists(path):      # else train() says there is nothing to resume
+            settings, notes = resume_settings(load_checkpoint(path)[1].get("train_config"), settings)
+            for note in notes:
+                print(f"note: {note}")
     cfg = TrainConfig(**settings).validate()
     result = train(cfg)
     if result.interrupted:
-        print(f"stopped by Ctrl-C at iteration {result.iter_num}; resume with: "
+        how = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name
+        print(f"stopped by {how} at iteration {result.iter_num}; resume with: "
               f"numgpt train --resume --out_dir {cfg.out_dir}")
-        return 130
+        return 128 + int(result.stop_signal)
     print(f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
           f"checkpoint {result.checkpoint}")
     return 0
@@ -157,7 +129,7 @@ def cmd_tokenizer_train(args):
 
 def cmd_plot(args):
     from .plot import plot_loss
-    from .train import METRICS_NAME
+    from .rundir import METRICS_NAME
 
     out = args.output or os.path.join(args.out_dir, "loss.png")
     path = plot_loss(os.path.join(args.out_dir, METRICS_NAME), out)

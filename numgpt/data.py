@@ -469,3 +469,80 @@ def get_batch(data: np.ndarray, batch_size: int, block_size: int, rng: np.random
     x = np.ascontiguousarray(windows[:, :-1])
     y = np.ascontiguousarray(windows[:, 1:])
     return x, y
+
+
+# ---------------------------------------------------------------------------
+# Training data: a tokenized text split 90/10, or a synthetic task
+# ---------------------------------------------------------------------------
+
+
+class TextData:
+    """Token ids of a text, split 90/10, with the tokenizer that made them."""
+
+    def __init__(self, tokenizer, train_ids, val_ids, description):
+        self.tokenizer, self.train_ids, self.val_ids, self.description = tokenizer, train_ids, val_ids, description
+        self.vocab_size = tokenizer.vocab_size
+        self.task = None
+
+    def batch(self, split, batch_size, block_size, rng):
+        return get_batch(self.train_ids if split == "train" else self.val_ids, batch_size, block_size, rng)
+
+
+class TaskData:
+    """Batches of a synthetic task; validation batches come from held-out problems."""
+
+    def __init__(self, task):
+        self.task = task
+        self.tokenizer = None
+        self.vocab_size = task.vocab_size
+        self.description = f"synthetic task {task!r}"
+
+    def batch(self, split, batch_size, block_size, rng):
+        return self.task.sample(batch_size, rng, split="train" if split == "train" else "test")
+
+
+def build_tokenizer(kind, text, vocab_size=512, log=print):
+    """A ``"char"``, ``"byte"`` or freshly trained ``"bpe"`` tokenizer for ``text``."""
+    from .tokenizers import TOKENIZER_KINDS, ByteTokenizer, CharTokenizer
+
+    if kind not in TOKENIZER_KINDS:
+        raise ValueError(f"tokenizer must be one of {', '.join(map(repr, TOKENIZER_KINDS))}, got {kind!r}")
+    if kind == "char":
+        return CharTokenizer.from_text(text)
+    if kind == "byte":
+        return ByteTokenizer()
+    import time
+
+    from .bpe import tokens_per_char, train_bpe
+
+    start = time.perf_counter()
+    tok = train_bpe(text, vocab_size)
+    log(f"trained a byte-level BPE tokenizer: {tok.vocab_size} tokens in {time.perf_counter() - start:.1f}s, "
+        f"{tokens_per_char(tok, text[:200_000]):.3f} tokens per character")
+    return tok
+
+
+def prepare_data(spec, *, block_size, task="", tokenizer_kind="char", vocab_size=512, tokenizer=None, log=print):
+    """:class:`TextData` of the text ``spec`` names (see :func:`load_text`), or :class:`TaskData` for ``task``.
+
+    ``tokenizer`` (from a checkpoint) is reused when given; otherwise one of
+    ``tokenizer_kind`` is built from the text.
+    """
+    if task:
+        from .tasks import make_task
+
+        return TaskData(make_task(task))
+    from .tokenizers import encode_array
+
+    text, description = load_text(spec)
+    if tokenizer is None:
+        tokenizer = build_tokenizer(tokenizer_kind, text, vocab_size, log)
+    ids = encode_array(tokenizer, text)
+    needed = 10 * (block_size + 1) + 1       # the 10% validation tail must hold one window
+    if len(ids) < needed:
+        raise DataError(f"{description} gives only {len(ids)} tokens; a 90/10 split with block_size "
+                        f"{block_size} needs at least {needed}: use more text or a smaller --block_size")
+    train_ids, val_ids = split_train_val(ids, 0.1)
+    check_data_fits(train_ids, block_size, "the training split")
+    check_data_fits(val_ids, block_size, "the validation split (the last 10% of the text)")
+    return TextData(tokenizer, train_ids, val_ids, description)

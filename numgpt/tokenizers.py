@@ -51,7 +51,11 @@ __all__ = [
     "tokenizer_from_state",
     "encode_array",
     "id_dtype",
+    "TOKENIZER_KINDS",
 ]
+
+# What a training run can build from its text: characters, bytes, or a BPE vocabulary trained on it.
+TOKENIZER_KINDS = ("char", "byte", "bpe")
 
 # How many offending characters an "unknown character" error lists before
 # it gives up and just says how many more there were.

@@ -35,7 +35,7 @@ from numgpt.checkpoint import load_checkpoint
 from numgpt.cli import main
 from numgpt.gpt2 import load_gpt2_tokenizer
 from numgpt.sample import generate_text
-from numgpt.train import load_run
+from numgpt.checkpoint import load_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

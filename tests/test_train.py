@@ -21,16 +21,10 @@ from numgpt.checkpoint import load_checkpoint
 from numgpt.data import DataError
 from numgpt.model import GPT, GPTConfig
 from numgpt.optim import AdamW, decay_mask_from_layout
-from numgpt.train import (
-    CHECKPOINT_NAME,
-    METRICS_NAME,
-    TrainConfig,
-    TrainingError,
-    load_config_file,
-    load_run,
-    resume_config,
-    train,
-)
+from numgpt.checkpoint import CHECKPOINT_NAME, load_run
+from numgpt.config import TrainConfig, load_config_file, resume_settings
+from numgpt.rundir import METRICS_NAME, RunDirError
+from numgpt.train import TrainingError, train
 
 _SENTENCES = """\
 The river ran high after three days of rain, and the ferry kept to its moorings.
@@ -153,15 +147,19 @@ def test_resume_reproduces_an_uninterrupted_run(textfile, tmp_path, extra):
 
 
 def test_resume_without_checkpoint_is_a_clear_error(textfile, tmp_path):
-    with pytest.raises(FileNotFoundError, match="resume"):
+    with pytest.raises(RunDirError, match="--resume: no checkpoint"):
         train(tiny(textfile, tmp_path / "nothing", resume=True), log=quiet)
 
 
-def test_resume_config_reads_the_saved_settings(textfile, tmp_path):
+def test_resume_settings_take_the_architecture_from_the_checkpoint(textfile, tmp_path):
     out = tmp_path / "run"
     train(tiny(textfile, out, max_iters=4, n_embd=8), log=quiet)
-    cfg = resume_config(str(out), max_iters=8)
-    assert cfg.resume and cfg.max_iters == 8 and cfg.n_embd == 8 and cfg.out_dir == str(out)
+    saved = load_checkpoint(out / CHECKPOINT_NAME)[1]["train_config"]
+    settings, notes = resume_settings(saved, {"max_iters": 8, "n_embd": 16, "out_dir": str(out)})
+    assert notes == ["n_embd=8 comes from the checkpoint (not 16)"]
+    cfg = TrainConfig(**settings).validate()
+    assert cfg.resume and not cfg.overwrite and cfg.max_iters == 8 and cfg.n_embd == 8
+    assert cfg.out_dir == str(out) and cfg.lr_decay_iters == saved["lr_decay_iters"]
     assert train(cfg, log=quiet).iter_num == 8
 
 
@@ -219,8 +217,12 @@ def test_failed_checkpoint_write_keeps_the_previous_one(textfile, tmp_path, monk
 
     monkeypatch.setattr(np.lib.format, "write_array", write_array)
     _patch_loss_and_grads(monkeypatch, on_call)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(TrainingError) as err:
         train(tiny(textfile, out, eval_interval=4), log=quiet)
+    message = str(err.value)
+    assert message.startswith(f"could not save the checkpoint at iteration 4: the disk is full (or over quota) "
+                              f"at {path}; free some space; the previous checkpoint (iteration 0) is intact.")
+    assert f"numgpt train --resume --out_dir {out}" in message
     assert path.read_bytes() == state["before"]
     assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
     monkeypatch.undo()
@@ -324,26 +326,6 @@ def test_ctrl_c_saves_and_resume_continues(textfile, tmp_path, monkeypatch):
     rest = train(tiny(textfile, tmp_path / "run", resume=True), log=quiet)
     assert not rest.interrupted and rest.iter_num == 12
     assert stopped.losses + rest.losses == whole.losses
-
-
-def test_second_ctrl_c_interrupts_at_once(textfile, tmp_path, monkeypatch):
-    handler_before = signal.getsignal(signal.SIGINT)
-    path = tmp_path / "run" / CHECKPOINT_NAME
-    seen = {}
-
-    def on_call(k, result):
-        if k == 5:
-            seen["bytes"] = path.read_bytes()
-            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
-            signal.raise_signal(signal.SIGINT)
-            signal.raise_signal(signal.SIGINT)
-        return result
-
-    _patch_loss_and_grads(monkeypatch, on_call)
-    with pytest.raises(KeyboardInterrupt):
-        train(tiny(textfile, tmp_path / "run"), log=quiet)
-    assert signal.getsignal(signal.SIGINT) is handler_before
-    assert path.read_bytes() == seen["bytes"]   # the last checkpoint is intact
 
 
 # --- data errors --------------------------------------------------------------------------------------

@@ -1,0 +1,340 @@
+"""Nothing lost, nothing mixed up: the run directory, signals and failing writes.
+
+Each test pins one promise of numgpt.train and numgpt.rundir:
+
+* a fresh run never replaces a trained model unless asked to (--overwrite),
+  and starts its own metrics log; a resumed run cuts the log back to the
+  checkpoint, so no iteration is logged twice;
+* any number of SIGINT/SIGTERM signals, even during a checkpoint write, end
+  the run at a step boundary with a complete checkpoint that the metrics log
+  does not run ahead of (tested in-process and on a real `numgpt train`
+  process with signals 20 ms apart);
+* a checkpoint or log that cannot be written (a full disk) keeps the previous
+  checkpoint intact, leaves no temporary file and says so in one sentence;
+* one trainer per directory, and a lock left by a killed trainer is taken
+  over with a note;
+* an unusable --out_dir is reported before any data is loaded.
+"""
+
+import importlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from numgpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from numgpt.cli import main
+from numgpt.config import TrainConfig
+from numgpt.model import GPT
+from numgpt.rundir import LOCK_NAME, METRICS_NAME, RunDirError, RunDirectory
+from numgpt.train import TrainingError, train
+
+from test_train import english_text, quiet, tiny
+
+train_module = importlib.import_module("numgpt.train")     # the module (numgpt.train is also the function)
+
+
+@pytest.fixture
+def textfile(tmp_path):
+    path = tmp_path / "input.txt"
+    path.write_text(english_text(), encoding="utf-8")
+    return path
+
+
+def metrics_of(out):
+    return [json.loads(line) for line in (out / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
+
+
+def without_timing(entries):
+    return [{k: v for k, v in e.items() if k not in ("ms_per_iter", "tokens_per_s")} for e in entries]
+
+
+def checkpoint_iter(out):
+    return load_checkpoint(out / CHECKPOINT_NAME)[1]["iter_num"]
+
+
+# --- 1. a trained model is never replaced silently ----------------------------------------------------
+
+def test_fresh_run_into_a_trained_directory_is_refused(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny(textfile, out), log=quiet)
+    before = (out / CHECKPOINT_NAME).read_bytes()
+    log_before = (out / METRICS_NAME).read_bytes()
+    monkeypatch.setattr(train_module, "prepare_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    with pytest.raises(RunDirError) as err:
+        train(tiny(textfile, out, max_iters=5), log=quiet)
+    message = str(err.value)
+    assert "already holds a trained model" in message and "--resume" in message and "--overwrite" in message
+    assert (out / CHECKPOINT_NAME).read_bytes() == before
+    assert (out / METRICS_NAME).read_bytes() == log_before
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])      # the lock is gone too
+
+
+def test_the_cli_refuses_too_and_names_resume(textfile, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(textfile), "--n_layer", "1", "--n_embd", "16", "--block_size", "16",
+            "--eval_iters", "1", "--sample_tokens", "0", "--out_dir", str(out)]
+    assert main(args + ["--max_iters", "4"]) == 0
+    capsys.readouterr()
+    assert main(args + ["--max_iters", "2"]) == 1
+    err = capsys.readouterr().err
+    assert "already holds a trained model" in err and "--resume" in err and "Traceback" not in err
+    assert checkpoint_iter(out) == 4
+    assert main(args + ["--max_iters", "2", "--overwrite"]) == 0
+    assert checkpoint_iter(out) == 2
+
+
+def test_overwrite_starts_a_new_run_with_a_new_log(textfile, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(textfile, out, max_iters=8), log=quiet)
+    fresh = train(tiny(textfile, out, max_iters=4, overwrite=True), log=quiet)
+    reference = train(tiny(textfile, tmp_path / "ref", max_iters=4), log=quiet)
+    assert fresh.losses == reference.losses
+    assert checkpoint_iter(out) == 4
+    assert without_timing(metrics_of(out)) == without_timing(metrics_of(tmp_path / "ref"))
+
+
+def test_fresh_run_replaces_a_stray_metrics_log(textfile, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / METRICS_NAME).write_text('{"iter": 99, "loss": 1.0}\n', encoding="utf-8")
+    train(tiny(textfile, out, max_iters=4), log=quiet)
+    assert [e["iter"] for e in metrics_of(out)][0] == 0 and all(e["iter"] <= 4 for e in metrics_of(out))
+
+
+def test_resume_and_overwrite_together_are_refused(textfile, tmp_path):
+    with pytest.raises(ValueError, match="resume and overwrite"):
+        TrainConfig(resume=True, overwrite=True).validate()
+
+
+def test_resume_cuts_the_log_back_to_the_checkpoint(textfile, tmp_path):
+    # A run killed at iteration 10 left a checkpoint of iteration 4 and a log that runs to 10;
+    # resuming must log 5..12 once, exactly as an uninterrupted run does.
+    whole = tmp_path / "whole"
+    train(tiny(textfile, whole), log=quiet)
+    out = tmp_path / "run"
+    train(tiny(textfile, out, max_iters=4), log=quiet)
+    saved = (out / CHECKPOINT_NAME).read_bytes()
+    train(tiny(textfile, out, max_iters=10, resume=True), log=quiet)
+    (out / CHECKPOINT_NAME).write_bytes(saved)                   # as if killed after iteration 10
+    assert checkpoint_iter(out) == 4 and max(e["iter"] for e in metrics_of(out)) == 10
+    train(tiny(textfile, out, resume=True), log=quiet)
+    entries = metrics_of(out)
+    keys = [(e["iter"], "val_loss" in e) for e in entries]
+    assert len(keys) == len(set(keys))                           # no iteration logged twice
+    assert without_timing(entries) == without_timing(metrics_of(whole))
+
+
+# --- 2, 3. signals: finish the step, save, however many arrive ------------------------------------------
+
+def _signals_at(monkeypatch, step, signals):
+    original = GPT.loss_and_grads
+    calls = {"n": 0}
+
+    def wrapped(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        if calls["n"] == step:
+            for signum in signals:
+                assert signal.getsignal(signum) not in (signal.default_int_handler, signal.SIG_DFL)
+                signal.raise_signal(signum)
+        calls["n"] += 1
+        return result
+
+    monkeypatch.setattr(GPT, "loss_and_grads", wrapped)
+
+
+@pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT] * 5,
+                                     [signal.SIGTERM, signal.SIGINT, signal.SIGTERM]],
+                         ids=["sigint", "sigterm", "five-sigints", "mixed"])
+def test_signals_finish_the_step_and_save(textfile, tmp_path, monkeypatch, signals):
+    whole = train(tiny(textfile, tmp_path / "whole"), log=quiet)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    _signals_at(monkeypatch, 6, signals)
+    out = tmp_path / "run"
+    stopped = train(tiny(textfile, out), log=quiet)
+    assert {s: signal.getsignal(s) for s in handlers} == handlers
+    assert stopped.interrupted and stopped.stop_signal == signals[0]
+    assert stopped.iter_num == 7 and checkpoint_iter(out) == 7
+    assert max(e["iter"] for e in metrics_of(out)) == 7
+    monkeypatch.undo()
+    rest = train(tiny(textfile, out, resume=True), log=quiet)
+    assert stopped.losses + rest.losses == whole.losses
+    assert without_timing(metrics_of(out)) == without_timing(metrics_of(tmp_path / "whole"))
+
+
+def test_signals_during_the_checkpoint_write_do_not_stop_it(textfile, tmp_path, monkeypatch):
+    real_write_array = np.lib.format.write_array
+    state = {"writes": 0}
+
+    def write_array(*args, **kwargs):
+        state["writes"] += 1
+        if state["writes"] == 3:                 # in the middle of a checkpoint
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGTERM)
+            signal.raise_signal(signal.SIGINT)
+        return real_write_array(*args, **kwargs)
+
+    monkeypatch.setattr(np.lib.format, "write_array", write_array)
+    out = tmp_path / "run"
+    stopped = train(tiny(textfile, out), log=quiet)
+    monkeypatch.undo()
+    # the iteration-0 checkpoint was being written: it completed, and the run stopped right there
+    assert stopped.interrupted and stopped.iter_num == 0 and not stopped.losses
+    arrays, meta = load_checkpoint(out / CHECKPOINT_NAME)
+    assert state["writes"] == len(arrays) + 2           # written once, completely (+ format and meta members)
+    assert meta["iter_num"] == 0 and all(k.startswith(("params/", "optim/")) for k in arrays)
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+
+
+def test_cli_exit_codes_and_resume_hint(textfile, tmp_path, monkeypatch, capsys):
+    _signals_at(monkeypatch, 2, [signal.SIGTERM])
+    out = tmp_path / "run"
+    args = ["train", "--data", str(textfile), "--n_layer", "1", "--n_embd", "16", "--block_size", "16",
+            "--eval_iters", "1", "--sample_tokens", "0", "--max_iters", "50", "--out_dir", str(out)]
+    assert main(args) == 128 + signal.SIGTERM
+    stdout = capsys.readouterr().out
+    assert f"stopped by SIGTERM at iteration 3; resume with: numgpt train --resume --out_dir {out}" in stdout
+    monkeypatch.undo()
+    _signals_at(monkeypatch, 1, [signal.SIGINT, signal.SIGINT])
+    assert main(["train", "--resume", "--out_dir", str(out)]) == 130
+    assert "stopped by Ctrl-C at iteration 5" in capsys.readouterr().out
+
+
+def _start_trainer(textfile, out, *extra):
+    env = dict(os.environ, NUMGPT_THREADS="2", NUMGPT_PROCESSES="1", PYTHONUNBUFFERED="1")
+    cmd = [sys.executable, "-m", "numgpt", "train", "--data", str(textfile), "--n_layer", "2", "--n_embd", "32",
+           "--block_size", "32", "--batch_size", "8", "--eval_interval", "50", "--eval_iters", "2",
+           "--log_interval", "1", "--max_iters", "100000", "--lr_decay_iters", "100000", "--sample_tokens", "0",
+           "--out_dir", str(out), *extra]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _wait_for_iterations(proc, n, timeout=60):
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if line.startswith("iter "):
+            seen += 1
+            if seen >= n:
+                return
+    proc.kill()
+    pytest.fail(f"the trainer printed {seen} of {n} progress lines in {timeout} s: {proc.stderr.read()}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_real_trainer_survives_two_signals_20_ms_apart(textfile, tmp_path, signum):
+    out = tmp_path / "run"
+    proc = _start_trainer(textfile, out)
+    try:
+        _wait_for_iterations(proc, 3)
+        os.killpg(proc.pid, signum)            # the whole process group, as a terminal or Slurm does
+        time.sleep(0.02)
+        os.killpg(proc.pid, signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signum, stderr
+    assert "numgpt train --resume --out_dir" in stdout and "Traceback" not in stderr
+    saved = checkpoint_iter(out)
+    assert saved == max(e["iter"] for e in metrics_of(out)) >= 3
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+
+
+# --- 4. a full disk --------------------------------------------------------------------------------------
+
+def test_a_failing_metrics_write_is_one_sentence(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    state = {"n": 0}
+    real_record = train_module._record
+
+    def failing_write(metrics, entry):
+        state["n"] += 1
+        if state["n"] == 4:
+            class Full:
+                name = metrics.name
+
+                def write(self, text):
+                    raise OSError(28, "No space left on device")
+            return real_record(Full(), entry)
+        return real_record(metrics, entry)
+
+    monkeypatch.setattr(train_module, "_record", failing_write)
+    with pytest.raises(TrainingError, match=r"could not write the metrics log at iteration 3: the disk is full"):
+        train(tiny(textfile, out), log=quiet)
+    assert checkpoint_iter(out) == 0
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+
+
+# --- 5. one trainer per directory -------------------------------------------------------------------------
+
+def test_a_second_trainer_is_refused_while_the_first_runs(textfile, tmp_path):
+    out = tmp_path / "run"
+    with RunDirectory(out, log=quiet):
+        with pytest.raises(RunDirError, match=rf"another trainer \(process {os.getpid()} on .*\) is using"):
+            train(tiny(textfile, out), log=quiet)
+    train(tiny(textfile, out, max_iters=2), log=quiet)          # free again once the first has finished
+
+
+def test_a_real_second_trainer_is_refused(textfile, tmp_path):
+    out = tmp_path / "run"
+    first = _start_trainer(textfile, out)
+    try:
+        _wait_for_iterations(first, 1)
+        second = subprocess.run([sys.executable, "-m", "numgpt", "train", "--resume", "--out_dir", str(out)],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 1
+        assert f"another trainer (process {first.pid} on" in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait(timeout=30)
+
+
+def test_a_killed_trainers_lock_is_taken_over_with_a_note(textfile, tmp_path):
+    out = tmp_path / "run"
+    proc = _start_trainer(textfile, out)
+    _wait_for_iterations(proc, 2)
+    os.killpg(proc.pid, signal.SIGKILL)                        # no chance to clean up
+    proc.wait(timeout=30)
+    time.sleep(0.2)                                             # the worker process ends with its pipe
+    assert (out / LOCK_NAME).exists()
+    messages = []
+    result = train(tiny(textfile, out, max_iters=2, overwrite=True), log=messages.append)
+    assert result.iter_num == 2
+    notes = [m for m in messages if m.startswith("note: took over the lock")]
+    assert len(notes) == 1 and f"left by process {proc.pid}" in notes[0]
+    assert not (out / LOCK_NAME).exists()
+
+
+# --- 10. an unusable out_dir, before any work ---------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["file", "below-a-file", "read-only"])
+def test_unusable_out_dir_is_one_sentence_before_loading_data(textfile, tmp_path, monkeypatch, capsys, kind):
+    if kind == "file":
+        out = tmp_path / "afile"
+        out.write_text("not a directory")
+        expected = f"{out} exists and is not a directory"
+    elif kind == "below-a-file":
+        out = textfile / "out"
+        expected = "exists and is not a directory"
+    else:
+        if os.geteuid() == 0:
+            monkeypatch.setattr(os, "access", lambda path, mode: False)
+        out = tmp_path / "ro"
+        out.mkdir()
+        out.chmod(0o555)
+        expected = "is not writable"
+    monkeypatch.setattr(train_module, "prepare_data", lambda *a, **k: pytest.fail("data loaded before the check"))
+    assert main(["train", "--data", str(textfile), "--out_dir", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert expected in err and "Errno" not in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
