@@ -19,6 +19,7 @@ import doctest
 import io
 import re
 import tokenize
+import traceback
 from pathlib import Path
 
 import pytest
@@ -198,5 +199,11 @@ def test_python_example_runs(page, index, line, code):
         return
     # Blank lines in front keep the page's line numbers in a traceback.
     compiled = compile("\n" * (line - 1) + code, where, "exec")
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compiled, {"__name__": f"derivation_example_{index}"})
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compiled, {"__name__": f"derivation_example_{index}"})
+    except Exception as exc:
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if f.filename == where]
+        at = f"line {frames[-1].lineno}: {frames[-1].line}" if frames else "?"
+        raise AssertionError(f"{where}, python block {index} (from line {line}) fails at {at}\n"
+                             f"    {type(exc).__name__}: {exc}") from exc
