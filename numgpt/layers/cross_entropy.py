@@ -3,12 +3,12 @@ r"""Softmax + cross-entropy, fused, with targets that may be ignored.
 Forward
 -------
 For N rows of logits :math:`z_n \in \mathbb{R}^V` with targets :math:`y_n`, of which
-the set :math:`\mathcal{V}` (size M) are not ``ignore_index``:
+the set :math:`\mathcal{R}` (size M, the rows with a real target) are not ``ignore_index``:
 
 .. math::
     \log p_{n,y} = z_{n,y} - m_n - \log \textstyle\sum_j e^{z_{n,j} - m_n},
     \quad m_n = \max_j z_{n,j}, \qquad
-    L = -\frac1M \sum_{n \in \mathcal{V}} \log p_{n, y_n}
+    L = -\frac1M \sum_{n \in \mathcal{R}} \log p_{n, y_n}
 
 The log-sum-exp form never takes the log of a probability that underflowed to
 0, so no epsilon is needed inside a log.
@@ -17,7 +17,7 @@ Backward
 --------
 Composing the softmax Jacobian with :math:`-\log p_y` collapses to
 
-.. math::  \frac{\partial L}{\partial z_{n,j}} = \frac{1}{M}\big(p_{n,j} - [j = y_n]\big) \ (n \in \mathcal V), \qquad 0 \ (n \notin \mathcal V)
+.. math::  \frac{\partial L}{\partial z_{n,j}} = \frac{1}{M}\big(p_{n,j} - [j = y_n]\big) \ (n \in \mathcal R), \qquad 0 \ (n \notin \mathcal R)
 
 times the upstream scalar ``dloss``. Each row sums to zero.
 Derivation: docs/derivations/cross_entropy.md.
