@@ -49,12 +49,6 @@ def _find():
     return _api
 
 
-def get_blas_threads():
-    """The BLAS thread count, or None when it cannot be read."""
-    api = _find()
-    return int(api[0]()) if api else None
-
-
 def set_blas_threads(n):
     """Set the BLAS thread count; returns the previous count (None when unavailable)."""
     api = _find()

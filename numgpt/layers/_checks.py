@@ -43,13 +43,6 @@ def check_same_dtype(**arrays):
                 "all floating inputs of a layer must share one dtype")
 
 
-def check_shape(name, x, expected, what=""):
-    """``x.shape`` must equal ``expected``."""
-    if tuple(x.shape) != tuple(expected):
-        extra = f" ({what})" if what else ""
-        raise ValueError(f"{name} must have shape {tuple(expected)}{extra}, got {tuple(x.shape)}")
-
-
 def check_dout(dout, out_shape, dtype):
     """The upstream gradient of a backward must match the forward's output."""
     check_float_array("dout", dout)
