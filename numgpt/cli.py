@@ -63,19 +63,17 @@ def _float(text):
 def cmd_train(args):
     import signal
 
-    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
-    from .config import TrainConfig, load_config_file, resume_settings
+    from .checkpoint import CHECKPOINT_NAME
+    from .config import TrainConfig, load_config_file
     from .train import train
 
     settings = load_config_file(args.config) if args.config else {}
     settings.update({k: v for k, v in vars(args).items() if k not in ("command", "func", "config")})
-    if settings.get("resume"):
-        path = os.path.join(settings.get("out_dir", TrainConfig.out_dir), CHECKPOINT_NAME)
-        if os.path.exists(path):      # else train() says there is nothing to resume
-            settings, notes = resume_settings(load_checkpoint(path)[1].get("train_config"), settings)
-            for note in notes:
-                print(f"note: {note}")
-    cfg = TrainConfig(**settings).validate()
+    out_dir = settings.get("out_dir", TrainConfig.out_dir)
+    if settings.get("resume") and os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
+        cfg = TrainConfig.resumed(**settings)     # the saved settings, overridden by the flags given
+    else:
+        cfg = TrainConfig(**settings).validate()   # (train() says so if there is nothing to resume)
     result = train(cfg)
     if result.interrupted:
         how = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name

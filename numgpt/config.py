@@ -119,6 +119,24 @@ class TrainConfig:
     def to_dict(self):
         return dataclasses.asdict(self)
 
+    @classmethod
+    def resumed(cls, out_dir="out", log=print, **overrides):
+        """The settings to continue the run saved in ``out_dir``: its own, with ``overrides`` applied.
+
+        What ``numgpt train --resume`` uses; see :func:`resume_settings` for the rule.
+        """
+        from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+        path = os.path.join(os.fspath(out_dir), CHECKPOINT_NAME)
+        if not os.path.exists(path):
+            raise ValueError(f"--resume: no checkpoint at {path}; start a fresh run without --resume, "
+                             f"or give the --out_dir of the run to continue")
+        saved = load_checkpoint(path)[1].get("train_config")
+        settings, notes = resume_settings(saved, {**overrides, "out_dir": os.fspath(out_dir)})
+        for note in notes:
+            log(f"note: {note}")
+        return cls(**settings).validate()
+
 
 def settings_help():
     """``{name: (default, help, choices)}`` for every setting, in declaration order."""

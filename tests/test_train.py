@@ -161,6 +161,12 @@ def test_resume_settings_take_the_architecture_from_the_checkpoint(textfile, tmp
     assert cfg.resume and not cfg.overwrite and cfg.max_iters == 8 and cfg.n_embd == 8
     assert cfg.out_dir == str(out) and cfg.lr_decay_iters == saved["lr_decay_iters"]
     assert train(cfg, log=quiet).iter_num == 8
+    notes = []
+    again = TrainConfig.resumed(str(out), log=notes.append, max_iters=10, n_layer=3)
+    assert notes == ["note: n_layer=1 comes from the checkpoint (not 3)"]
+    assert again.max_iters == 10 and again.n_layer == 1 and again.resume and again.n_embd == 8
+    with pytest.raises(ValueError, match="no checkpoint at"):
+        TrainConfig.resumed(str(tmp_path / "absent"))
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
