@@ -218,13 +218,27 @@ def test_clip_grad_norm_property(values, max_norm):
     original = grads.copy()
     norm = clip_grad_norm(grads, max_norm)
     assert norm == pytest.approx(before, rel=1e-12, abs=1e-300)
-    assert grad_norm(grads) <= max_norm * (1 + 1e-9) or grad_norm(grads) <= before
     if before <= max_norm:
         np.testing.assert_array_equal(grads, original)
     else:
+        # The scale is max_norm / (norm + 1e-6), as in PyTorch: just under max_norm, never over.
+        np.testing.assert_allclose(grads, original * (max_norm / (norm + 1e-6)), rtol=1e-12, atol=0)
+        assert grad_norm(grads) <= max_norm * (1 + 1e-12)
         assert grad_norm(grads) == pytest.approx(max_norm, rel=1e-5)
-        # direction unchanged
-        np.testing.assert_allclose(grads * before / grad_norm(grads), original, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.5, 1.0, 7.0])
+def test_clipped_norm_never_exceeds_max_norm(max_norm):
+    # The 1e-6 keeps the clipped norm under max_norm (norm / (norm + 1e-6) < 1); a scale of
+    # max_norm / (norm - 1e-6) would leave it above by a relative 1e-6 / norm.
+    rng = np.random.default_rng(3)
+    for scale in (1.0, 10.0, 1e3):
+        grads = rng.standard_normal(50) * scale
+        original = grads.copy()
+        norm = clip_grad_norm(grads, max_norm)
+        assert norm > max_norm
+        assert grad_norm(grads) <= max_norm * (1 + 1e-12), (scale, grad_norm(grads) / max_norm - 1)
+        np.testing.assert_allclose(grads, original * (max_norm / (norm + 1e-6)), rtol=1e-12, atol=0)
 
 
 # --- schedule ---------------------------------------------------------------------------------------------
