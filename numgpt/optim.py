@@ -162,12 +162,20 @@ def cosine_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
 
     Warmup is ``learning_rate * (it + 1) / (warmup_iters + 1)``, so the first
     step never has a zero learning rate. ``lr_decay_iters`` is where the cosine
-    reaches ``min_lr`` (nanoGPT's schedule).
+    reaches ``min_lr`` (nanoGPT's schedule, ``get_lr``): from ``warmup_iters`` to
+    ``lr_decay_iters`` the rate falls from ``learning_rate`` along half a cosine,
+    and from ``lr_decay_iters`` on it is ``min_lr``.
+
+    If ``lr_decay_iters <= warmup_iters`` there is no cosine phase: the warmup
+    is followed directly by ``min_lr``, from ``it == warmup_iters`` on. nanoGPT
+    gives the same rates, except at ``it == warmup_iters == lr_decay_iters``,
+    where its ``get_lr`` divides by zero; here that step gets ``min_lr``, the
+    value every cosine phase ends on.
     """
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
-    if it >= lr_decay_iters:
+    if it >= lr_decay_iters:          # also every it >= warmup_iters when lr_decay_iters <= warmup_iters
         return min_lr
-    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    ratio = (it - warmup_iters) / (lr_decay_iters - warmup_iters)     # here warmup_iters <= it < lr_decay_iters
     coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))
     return min_lr + coeff * (learning_rate - min_lr)

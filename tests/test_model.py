@@ -11,6 +11,7 @@ identity gain hides a missing factor.
 """
 
 import math
+import time
 
 import numpy as np
 import pytest
@@ -682,3 +683,139 @@ def test_a_failing_first_worker_releases_a_worker_waiting_for_it(monkeypatch):
     x, y = rng.integers(0, 17, (4, 8)), rng.integers(0, 17, (4, 8))
     with pytest.raises(ArithmeticError, match="boom in worker 0"):
         model.loss_and_grads(x, y)
+
+
+# --- a broken order of additions fails the step within seconds instead of hanging it -----------------------
+# Every test below runs concurrent code: besides the sink's own deadlock check, pytest-timeout (the
+# test extra) ends the run if one hangs anyway, with every thread's stack, instead of letting CI
+# wait until it is killed.
+
+CONCURRENT_TIMEOUT = pytest.mark.timeout(120, method="thread")
+
+
+def _run_workers(sink, steps_per_worker):
+    """Run ``steps_per_worker[k](sink)`` on one thread per worker; the exceptions, in worker order."""
+    import threading
+
+    errors = [None] * len(steps_per_worker)
+
+    def run(k):
+        try:
+            steps_per_worker[k](sink)
+        except BaseException as e:        # noqa: BLE001  (returned to the test)
+            errors[k] = e
+            sink.fail()
+
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(steps_per_worker))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a worker still waits: the sink let it hang"
+    return errors
+
+
+@CONCURRENT_TIMEOUT
+def test_sink_adds_in_worker_order_then_path_order():
+    from numgpt.model import GradientSink
+
+    grads = {"w": np.zeros(3), "tied": np.zeros(1)}
+    order = []
+
+    class Recording(dict):
+        def __getitem__(self, name):
+            order.append(name)
+            return dict.__getitem__(self, name)
+
+    sink = GradientSink(Recording(grads), 3)
+
+    def worker(k):
+        def steps(s):
+            s.add(k, "tied", np.array([10.0 ** k]), path=0)
+            s.add(k, "w", np.full(3, k + 1.0))
+            s.add(k, "tied", np.array([100.0 * 10.0 ** k]), path=1)
+            s.finish(k)
+        return steps
+
+    assert _run_workers(sink, [worker(2), worker(1), worker(0)][::-1]) == [None] * 3
+    np.testing.assert_array_equal(grads["w"], [6.0, 6.0, 6.0])
+    assert grads["tied"][0] == 111.0 + 11100.0
+    assert order.count("tied") == 6 and order.count("w") == 3
+
+
+@CONCURRENT_TIMEOUT
+@pytest.mark.parametrize("waited", ["path", "worker"])
+def test_sink_reports_a_turn_that_can_never_come(waited):
+    # "path": nobody adds path 0 of a tied gradient (the lm-head half dropped), so path 1 can
+    # never go. "worker": worker 0 skips a parameter, so worker 1's turn for it never comes.
+    from numgpt.model import GradientOrderError, GradientSink, WorkerFailed
+
+    additions = {"path": [[("wte", 1)], [("wte", 1)]],                # nobody adds ("wte", 0)
+                 "worker": [[("wte", 0)], [("wpe", 0), ("wte", 0)]]}[waited]   # worker 0 skips wpe
+    sink = GradientSink({"wte": np.zeros(2), "wpe": np.zeros(2)}, 2)
+
+    def worker(k):
+        def steps(s):
+            for name, path in additions[k]:
+                s.add(k, name, np.ones(2), path)
+            s.finish(k)
+        return steps
+
+    start = time.monotonic()
+    errors = _run_workers(sink, [worker(0), worker(1)])
+    assert time.monotonic() - start < 10
+    primary = [e for e in errors if e is not None and not isinstance(e, WorkerFailed)]
+    assert len(primary) == 1 and isinstance(primary[0], GradientOrderError), errors
+    message = str(primary[0])
+    if waited == "path":
+        assert "'wte' (path 1)" in message and "all 2 workers to have added path 0 (0 have)" in message
+    else:
+        assert "worker 1 waits to add 'wpe' (path 0), which needs 1 earlier worker(s) to have added it (0 have)" \
+            in message and "finished: workers [0]" in message
+
+
+@CONCURRENT_TIMEOUT
+def test_sink_wait_ends_after_its_timeout_when_another_worker_is_stuck(monkeypatch):
+    # Worker 0 never adds nor finishes (stuck outside the sink): worker 1 must not wait forever.
+    from numgpt.model import GradientOrderError, GradientSink
+
+    monkeypatch.setattr(GradientSink, "timeout", 0.3)
+    sink = GradientSink({"w": np.zeros(2)}, 2)
+    sink.add(1, "w", np.ones(2))
+    start = time.monotonic()
+    with pytest.raises(GradientOrderError, match=r"no worker added a gradient for 0.3 s: worker 1 waits to add 'w'"):
+        sink.finish(1)
+    assert 0.3 <= time.monotonic() - start < 10
+
+
+@CONCURRENT_TIMEOUT
+@pytest.mark.parametrize("bug", ["lm-head half of wte dropped", "worker order off by one"])
+def test_a_broken_order_fails_the_threaded_step_within_seconds(monkeypatch, bug):
+    # The two-worker step, with the bugs that used to hang it: the tied wte's lm-head path never
+    # added, or the turn arithmetic off by one. Either must raise a clear error at once.
+    from numgpt.model import GradientOrderError, GradientSink
+
+    if bug == "lm-head half of wte dropped":
+        real_add = GradientSink.add
+
+        def add(self, worker, name, value, path=0):
+            if not (name == "wte" and path == 0):
+                real_add(self, worker, name, value, path)
+        monkeypatch.setattr(GradientSink, "add", add)
+        match = r"'wte' \(path 1\), which needs 0 earlier worker\(s\).*all 2 workers to have added path 0 \(0 have\)"
+    else:
+        def turn(self, worker, name, path):
+            return self._added.get((name, path), 0) == worker + 1 and \
+                (path == 0 or self._added.get((name, path - 1), 0) == self.n_workers)
+        monkeypatch.setattr(GradientSink, "_turn", turn)
+        match = r"worker 0 waits to add"
+    model = _threaded_model()
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 17, (4, 8)), rng.integers(0, 17, (4, 8))
+    start = time.monotonic()
+    with pytest.raises(GradientOrderError, match=match):
+        model.loss_and_grads(x, y)
+    assert time.monotonic() - start < 10
+    monkeypatch.undo()
+    loss, _ = model.loss_and_grads(x, y)          # the pool and the model still work
+    assert np.isfinite(loss)

@@ -218,13 +218,27 @@ def test_clip_grad_norm_property(values, max_norm):
     original = grads.copy()
     norm = clip_grad_norm(grads, max_norm)
     assert norm == pytest.approx(before, rel=1e-12, abs=1e-300)
-    assert grad_norm(grads) <= max_norm * (1 + 1e-9) or grad_norm(grads) <= before
     if before <= max_norm:
         np.testing.assert_array_equal(grads, original)
     else:
+        # The scale is max_norm / (norm + 1e-6), as in PyTorch: just under max_norm, never over.
+        np.testing.assert_allclose(grads, original * (max_norm / (norm + 1e-6)), rtol=1e-12, atol=0)
+        assert grad_norm(grads) <= max_norm * (1 + 1e-12)
         assert grad_norm(grads) == pytest.approx(max_norm, rel=1e-5)
-        # direction unchanged
-        np.testing.assert_allclose(grads * before / grad_norm(grads), original, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_norm", [1e-3, 0.5, 1.0, 7.0])
+def test_clipped_norm_never_exceeds_max_norm(max_norm):
+    # The 1e-6 keeps the clipped norm under max_norm (norm / (norm + 1e-6) < 1); a scale of
+    # max_norm / (norm - 1e-6) would leave it above by a relative 1e-6 / norm.
+    rng = np.random.default_rng(3)
+    for scale in (1.0, 10.0, 1e3):
+        grads = rng.standard_normal(50) * scale
+        original = grads.copy()
+        norm = clip_grad_norm(grads, max_norm)
+        assert norm > max_norm
+        assert grad_norm(grads) <= max_norm * (1 + 1e-12), (scale, grad_norm(grads) / max_norm - 1)
+        np.testing.assert_allclose(grads, original * (max_norm / (norm + 1e-6)), rtol=1e-12, atol=0)
 
 
 # --- schedule ---------------------------------------------------------------------------------------------
@@ -250,10 +264,27 @@ def test_cosine_lr_without_warmup_starts_at_peak():
     assert cosine_lr(0, 1e-3, 1e-4, 0, 100) == pytest.approx(1e-3)
 
 
-@given(st.integers(0, 50), st.integers(1, 200), st.integers(0, 400))
+@pytest.mark.parametrize("warmup, decay", [(0, 0), (1, 1), (10, 10), (10, 9), (10, 1), (10, 0), (3, 2)])
+def test_cosine_lr_without_a_cosine_phase_goes_from_warmup_to_min_lr(warmup, decay):
+    # lr_decay_iters <= warmup_iters: the warmup, then min_lr from it == warmup_iters on (at
+    # it == warmup_iters == lr_decay_iters, where nanoGPT's get_lr divides by zero, too).
+    lr, min_lr = 1e-3, 1e-4
+    for it in range(warmup):
+        assert cosine_lr(it, lr, min_lr, warmup, decay) == lr * (it + 1) / (warmup + 1)
+    for it in range(warmup, warmup + 5):
+        assert cosine_lr(it, lr, min_lr, warmup, decay) == min_lr
+
+
+def test_cosine_lr_one_step_of_decay():
+    # lr_decay_iters == warmup_iters + 1: the peak at warmup_iters, min_lr right after.
+    assert cosine_lr(5, 1e-3, 1e-4, 5, 6) == 1e-3
+    assert cosine_lr(6, 1e-3, 1e-4, 5, 6) == 1e-4
+
+
+@given(st.integers(0, 50), st.integers(-50, 200), st.integers(0, 400))
 def test_cosine_lr_bounds(warmup, decay_extra, it):
     lr, min_lr = 6e-4, 6e-5
-    decay = warmup + decay_extra
+    decay = max(0, warmup + decay_extra)           # lr_decay_iters <= warmup_iters included
     value = cosine_lr(it, lr, min_lr, warmup, decay)
     assert 0 < value <= lr * (1 + 1e-12)
     if it >= warmup:

@@ -106,6 +106,26 @@ def test_both_softmax_paths_agree_on_a_mixed_batch():
 
 
 
+@pytest.mark.parametrize("score", [-60.0, -120.0])
+def test_forward_with_every_score_far_below_zero_averages_the_values(score):
+    # Every visible score equals `score`, so position t outputs the mean of v[0..t]. The fast
+    # path shifts each row by its diagonal score to 0; shifted the wrong way (to 2 * score) or
+    # not at all, every exponential of a row underflows in float32 (exp(-120) == 0) and the
+    # row's 0 / 0 is NaN, with no overflow to call the row-maximum fallback.
+    D = 4
+    qkv = np.zeros((1, 6, 3 * D), dtype=np.float32)
+    qkv[0, :, :D] = 1.0                                  # every query (1, 1, 1, 1)
+    qkv[0, :, D:2 * D] = score * math.sqrt(D) / D        # every key: q.k / sqrt(D) == score
+    qkv[0, :, 2 * D:] = np.random.default_rng(12).standard_normal((6, D))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out, cache = attention_forward(qkv, 1)
+    v = qkv[0, :, 2 * D:].astype(np.float64)
+    running_mean = np.cumsum(v, axis=0) / np.arange(1, 7)[:, None]
+    np.testing.assert_allclose(out[0], running_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cache[3][0, 0], np.tril(np.ones((6, 6))) / np.arange(1, 7)[:, None], rtol=1e-6)
+
+
 def test_zero_queries_average_the_visible_values():
     # With q = 0 every visible score is 0, so position t outputs the mean of v[0..t].
     rng = np.random.default_rng(0)
@@ -319,6 +339,27 @@ def test_step_forward_in_chunks_equals_the_full_forward(case, data):
     np.testing.assert_array_equal(k_cache[:, :, :T], qkv[:, :, C:2 * C].reshape(B, T, n_head, D).transpose(0, 2, 1, 3))
     np.testing.assert_array_equal(v_cache[:, :, :T], qkv[:, :, 2 * C:].reshape(B, T, n_head, D).transpose(0, 2, 1, 3))
     assert np.all(k_cache[:, :, T:] == 0)
+
+
+def test_step_forward_equals_the_full_forward_when_scores_are_in_the_hundreds():
+    # Trained weights give scores far from initial scale. The step's softmax must shift each
+    # row by its maximum: unshifted, or shifted the wrong way, float32's exp overflows past 88
+    # (inf / inf is NaN) or underflows below -103 (0 / 0).
+    B, T, H, D = 2, 7, 2, 4
+    qkv = (np.random.default_rng(13).standard_normal((B, T, 3 * H * D)) * 12).astype(np.float32)
+    q = qkv[:, :, :H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3).astype(np.float64)
+    k = qkv[:, :, H * D:2 * H * D].reshape(B, T, H, D).transpose(0, 2, 1, 3).astype(np.float64)
+    scores = (q @ k.transpose(0, 1, 3, 2) / math.sqrt(D))[..., np.tril(np.ones((T, T), dtype=bool))]
+    assert scores.max() > 200 and scores.min() < -200          # guard: the scores are in the hundreds
+    full, _ = attention_forward(qkv, H)
+    k_cache, v_cache = empty_caches(B, H, T, D, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        steps = [attention_step_forward(qkv[:, t:t + 1], k_cache, v_cache, t, H) for t in range(T)]
+    step = np.concatenate(steps, axis=1)
+    assert step.dtype == np.float32 and np.isfinite(step).all()
+    np.testing.assert_allclose(step, full, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(step, reference_attention(qkv.astype(np.float64), H), rtol=1e-3, atol=1e-3)
 
 
 def test_step_forward_rejects_a_mismatched_cache_or_overflow():
