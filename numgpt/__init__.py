@@ -6,6 +6,9 @@ Rooms, lowest first (a room never imports a higher one):
 ``sample`` -> ``train`` -> ``cli``.
 """
 
+# bpe registers its tokenizer kind with tokenizers.tokenizer_from_state on
+# import; importing it here makes "bpe" known whichever numgpt module is used.
+from . import bpe as _bpe  # noqa: F401
 from .gpt2 import load_gpt2, save_gpt2
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr

@@ -91,7 +91,7 @@ from types import MappingProxyType
 import numpy as np
 
 from ._atomic import atomic_writer
-from .tokenizers import as_id_list
+from .tokenizers import as_id_list, register_tokenizer
 
 __all__ = [
     "EOT",
@@ -362,6 +362,7 @@ def _write_atomic(path: str, text: str) -> None:
 # The tokenizer
 
 
+@register_tokenizer
 class BPETokenizer:
     """A byte-level BPE tokenizer: GPT-2's, or one made by :func:`train_bpe`.
 
