@@ -41,13 +41,13 @@ raises :class:`CheckpointError` with a message naming the file and what is
 wrong with it (FileNotFoundError if there is no file).  Damage is caught
 (but for the one-in-four-billion chance of a CRC-32 collision): every
 member carries a CRC-32, and the reader checks that the archive lists every
-member its end record promises.  A hostile file, whose
-CRCs are right but whose sizes lie, cannot make the reader allocate more
-than the file holds: members must be stored uncompressed (as save_checkpoint
-writes them), each member's size is checked against the file's, and each
-``.npy`` header's shape and dtype against its member's size, before NumPy
-allocates an array.  The tests in ``tests/test_fuzz_checkpoint.py`` check
-this with damaged and forged files drawn by Hypothesis.
+member its end record promises.  A hostile file, whose CRCs are right but
+whose sizes lie, cannot make the reader allocate more than the file holds:
+members must be stored uncompressed (as save_checkpoint writes them), each
+member's size is checked against the file's, and each ``.npy`` header's
+shape and dtype against its member's size, before NumPy allocates an array.
+``tests/test_fuzz_checkpoint.py`` checks this with damaged and forged files
+drawn by Hypothesis.
 
 Saving is atomic.  The archive is written to a temporary file in the same
 directory, flushed and fsynced, and then renamed over ``path`` in one

@@ -243,9 +243,11 @@ def test_tokenizers_does_not_import_bpe():
 def test_bpe_kind_is_known_after_importing_only_tokenizers():
     """Any import of a numgpt module runs numgpt/__init__.py, which imports bpe,
     so a checkpoint's "bpe" tokenizer state rebuilds without importing bpe by hand."""
+    import os
     import subprocess
     import sys
 
+    import numgpt
     from numgpt.bpe import train_bpe
 
     state = json.dumps(train_bpe("low lower lowest", 260).to_state())
@@ -254,8 +256,11 @@ def test_bpe_kind_is_known_after_importing_only_tokenizers():
         "from numgpt.tokenizers import tokenizer_from_state\n"
         "print(type(tokenizer_from_state(json.loads(sys.stdin.read()))).__name__)\n"
     )
+    # The numgpt under test, wherever the interpreter is started from.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(numgpt.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     result = subprocess.run(
-        [sys.executable, "-c", code], input=state, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], input=state, capture_output=True, text=True, timeout=120, env=env
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "BPETokenizer"
