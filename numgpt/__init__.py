@@ -6,6 +6,9 @@ Rooms, lowest first (a room never imports a higher one):
 ``sample`` -> ``config``/``rundir`` -> ``train`` -> ``cli``.
 """
 
+# bpe registers its tokenizer kind with tokenizers.tokenizer_from_state on
+# import; importing it here makes "bpe" known whichever numgpt module is used.
+from . import bpe as _bpe  # noqa: F401
 from .checkpoint import load_for_inference, load_run
 from .gpt2 import load_gpt2, save_gpt2
 from .model import GPT, GPTConfig

@@ -73,6 +73,17 @@ first), or OpenAI's ``encoder.json`` and ``vocab.bpe`` (the same two
 formats under other names).  :meth:`BPETokenizer.save` also writes Hugging
 Face's ``special_tokens_map.json``, so that special tokens other than
 ``<|endoftext|>`` survive a save and load.
+
+What reading the files guarantees.  For any files at all,
+:meth:`BPETokenizer.from_dir` and :meth:`BPETokenizer.from_files` either
+build exactly the tokenizer the files describe, or raise a ValueError whose
+message names the file and what is wrong with it (the line, for a merges
+file); a missing file raises :class:`TokenizerFileError`, which is both a
+FileNotFoundError and a ValueError.  A JSON file that names a key twice is
+refused rather than read as its last occurrence.  The files carry no
+checksum, so an edit that leaves them valid (a merge line deleted, say)
+loads as what they now say.  ``tests/test_fuzz_bpe.py`` checks this with
+damaged and hostile files drawn by Hypothesis.
 """
 
 from __future__ import annotations
@@ -91,7 +102,7 @@ from types import MappingProxyType
 import numpy as np
 
 from ._atomic import atomic_writer
-from .tokenizers import as_id_list
+from .tokenizers import as_id_list, register_tokenizer
 
 __all__ = [
     "EOT",
@@ -274,15 +285,36 @@ def _read_text(path, what: str) -> str:
         ) from None
 
 
+class _DuplicateKey(Exception):
+    """Raised by _refuse_duplicate_keys; carries the repeated key."""
+
+
+def _refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    # json.loads silently keeps the last of two equal keys; a token given two
+    # ids (or a special-token role given twice) is ambiguous, so refuse it.
+    result = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
 def _json_object(text: str, path: str, what: str, expected: str) -> dict:
     """Parse ``text`` (the contents of ``path``) as a JSON object, or raise a ValueError naming the file."""
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_refuse_duplicate_keys)
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{what} file {path!r} is not valid JSON: {err.msg} at line {err.lineno}, "
             f"column {err.colno}"
         ) from None
+    except _DuplicateKey as err:
+        raise ValueError(f"{what} file {path!r} has the key {err.args[0]!r} twice") from None
+    # ValueError: an integer of more digits than Python converts (4300 by
+    # default); RecursionError: arrays or objects nested thousands deep.
+    except (ValueError, RecursionError) as err:
+        raise ValueError(f"{what} file {path!r} is not valid JSON: {err}") from None
     if not isinstance(value, dict):
         raise ValueError(  # noqa: TRY004 - a malformed file, not a wrong argument
             f"{what} file {path!r} must hold {expected}, got a JSON {type(value).__name__}"
@@ -362,6 +394,7 @@ def _write_atomic(path: str, text: str) -> None:
 # The tokenizer
 
 
+@register_tokenizer
 class BPETokenizer:
     """A byte-level BPE tokenizer: GPT-2's, or one made by :func:`train_bpe`.
 

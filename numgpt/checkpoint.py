@@ -35,6 +35,20 @@ the user's arrays
 Loading always passes ``allow_pickle=False`` to NumPy, so an object array
 (the one ``.npy`` variant that embeds a pickle) is refused, never unpickled.
 
+What loading guarantees.  For any file at all, :func:`load_checkpoint`
+either returns the arrays and meta that :func:`save_checkpoint` stored, or
+raises :class:`CheckpointError` with a message naming the file and what is
+wrong with it (FileNotFoundError if there is no file).  Damage is caught
+(but for the one-in-four-billion chance of a CRC-32 collision): every
+member carries a CRC-32, and the reader checks that the archive lists every
+member its end record promises.  A hostile file, whose CRCs are right but
+whose sizes lie, cannot make the reader allocate more than the file holds:
+members must be stored uncompressed (as save_checkpoint writes them), each
+member's size is checked against the file's, and each ``.npy`` header's
+shape and dtype against its member's size, before NumPy allocates an array.
+``tests/test_fuzz_checkpoint.py`` checks this with damaged and forged files
+drawn by Hypothesis.
+
 Saving is atomic.  The archive is written to a temporary file in the same
 directory, flushed and fsynced, and then renamed over ``path`` in one
 step.  A crash at any moment therefore leaves either the old checkpoint or
@@ -44,9 +58,12 @@ run cannot afford to lose is never half-written.
 
 from __future__ import annotations
 
+import ast
 import errno
 import json
+import math
 import os
+import struct
 import zipfile
 from collections.abc import Mapping
 
@@ -195,8 +212,9 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     Returns ``(arrays, meta)``.  Every array is read fully into memory, so
     the file may be overwritten as soon as this returns.  Raises
     FileNotFoundError if there is no file at ``path`` and
-    :class:`CheckpointError` if the file is not an intact numgpt checkpoint.
-    Nothing is ever unpickled.
+    :class:`CheckpointError` if the file is not an intact numgpt checkpoint
+    (see "What loading guarantees" in the module docstring).  Nothing is
+    ever unpickled.
     """
     path = os.fspath(path)
     try:
@@ -204,18 +222,71 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     except FileNotFoundError as exc:
         raise FileNotFoundError(exc.errno, "no checkpoint file at this path", path) from None
     with f:
+        file_size = os.fstat(f.fileno()).st_size
         try:
             archive = zipfile.ZipFile(f)
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError) as exc:
+        # NotImplementedError: a (forged) "version needed to extract" above
+        # what zipfile supports.
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, ValueError,
+                NotImplementedError) as exc:
             raise CheckpointError(
                 f"{path}: not a zip/npz archive, so not a numgpt checkpoint "
                 f"(empty, truncated or corrupt file?): {exc}"
             ) from None
         with archive:
-            return _read_archive(path, archive)
+            _check_member_count(path, f, file_size, archive)
+            return _read_archive(path, archive, file_size)
 
 
-def _read_archive(path: str, archive: zipfile.ZipFile) -> tuple[dict[str, np.ndarray], dict]:
+# The records at the end of a zip archive (see PKWARE's APPNOTE.TXT): the
+# end of central directory record, and, before it in a zip64 archive, the
+# zip64 end record and its locator.  Only the fields read here are named.
+_END_RECORD = struct.Struct("<4s4x2H8xH")      # signature, entries here, entries in all, comment length
+_END_SIGNATURE = b"PK\x05\x06"
+_ZIP64_LOCATOR = struct.Struct("<4s16x")       # signature
+_ZIP64_LOCATOR_SIGNATURE = b"PK\x06\x07"
+_ZIP64_END_RECORD = struct.Struct("<4s20xQQ16x")  # signature, entries here, entries in all
+_ZIP64_END_SIGNATURE = b"PK\x06\x06"
+
+
+def _check_member_count(path: str, f, file_size: int, archive: zipfile.ZipFile) -> None:
+    """Check that zipfile listed as many members as the end record promises.
+
+    zipfile walks the central directory entry by entry and stops when it has
+    consumed the directory's stated size, without comparing the count.  A
+    corrupt length field inside one entry makes it skip the entries after it,
+    and the checkpoint would silently load without those arrays.
+    """
+    end_at = file_size - _END_RECORD.size - len(archive.comment)
+    f.seek(end_at)
+    signature, here, total, _ = _END_RECORD.unpack(f.read(_END_RECORD.size))
+    if signature != _END_SIGNATURE:
+        # zipfile also accepts bytes after the end record; save_checkpoint never writes any.
+        raise CheckpointError(
+            f"{path}: the zip end record is not at the end of the file (bytes appended?)"
+        )
+    locator_at = end_at - _ZIP64_LOCATOR.size
+    if locator_at >= 0:
+        f.seek(locator_at)
+        if _ZIP64_LOCATOR.unpack(f.read(_ZIP64_LOCATOR.size))[0] == _ZIP64_LOCATOR_SIGNATURE:
+            # zipfile reads the zip64 end record from right before the locator.
+            record_at = locator_at - _ZIP64_END_RECORD.size
+            if record_at >= 0:
+                f.seek(record_at)
+                signature, here, total = _ZIP64_END_RECORD.unpack(f.read(_ZIP64_END_RECORD.size))
+            if record_at < 0 or signature != _ZIP64_END_SIGNATURE:
+                raise CheckpointError(f"{path}: the zip64 end record is missing or corrupt")
+    listed = len(archive.infolist())
+    if here != total or total != listed:
+        raise CheckpointError(
+            f"{path}: the zip end record promises {total} members ({here} on this disk) "
+            f"but the central directory lists {listed}; the archive's directory is corrupt"
+        )
+
+
+def _read_archive(
+    path: str, archive: zipfile.ZipFile, file_size: int
+) -> tuple[dict[str, np.ndarray], dict]:
     infos = {}
     for info in archive.infolist():
         name = info.filename
@@ -227,6 +298,7 @@ def _read_archive(path: str, archive: zipfile.ZipFile) -> tuple[dict[str, np.nda
         name = name[: -len(_NPY_SUFFIX)]
         if name in infos:
             raise CheckpointError(f"{path}: archive holds the array {name!r} twice")
+        _check_member_entry(path, info, name, file_size)
         infos[name] = info
 
     if FORMAT_KEY not in infos:
@@ -244,8 +316,48 @@ def _read_archive(path: str, archive: zipfile.ZipFile) -> tuple[dict[str, np.nda
     return arrays, meta
 
 
+# General-purpose flag bits of a zip entry that save_checkpoint never sets:
+# encryption (bit 0), "compressed patched data" (bit 5), strong encryption (bit 6).
+_UNSUPPORTED_FLAGS = 0x1 | 0x20 | 0x40
+
+
+def _check_member_entry(path: str, info: zipfile.ZipInfo, name: str, file_size: int) -> None:
+    """Refuse a directory entry that save_checkpoint cannot have written.
+
+    Every member is stored uncompressed, so its size is known from the
+    directory and can be checked against the file before anything is read.
+    """
+    where = f"{path}: array {name!r}"
+    if info.flag_bits & _UNSUPPORTED_FLAGS:
+        raise CheckpointError(
+            f"{where} is encrypted or uses an unsupported zip feature (flag bits "
+            f"0x{info.flag_bits:04x}); numgpt checkpoints never do"
+        )
+    if info.compress_type != zipfile.ZIP_STORED:
+        raise CheckpointError(
+            f"{where} is compressed (zip method {info.compress_type}); numgpt "
+            "checkpoints store every array uncompressed"
+        )
+    if info.file_size != info.compress_size:
+        raise CheckpointError(
+            f"{where}: the zip directory gives it {info.file_size} bytes but "
+            f"{info.compress_size} stored bytes; for an uncompressed member they are equal"
+        )
+    if info.header_offset + info.compress_size > file_size:
+        raise CheckpointError(
+            f"{where}: the zip directory places {info.compress_size} bytes at offset "
+            f"{info.header_offset}, beyond the end of the {file_size}-byte file "
+            "(truncated or corrupt file?)"
+        )
+
+
 def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str):
     try:
+        # First only the .npy header, to check that the data it describes
+        # fits the member before NumPy allocates the array: a forged shape
+        # must not make a small file allocate terabytes.
+        with archive.open(info) as member:
+            _check_npy_header(member, info.file_size)
         with archive.open(info) as member:
             array = np.lib.format.read_array(member, allow_pickle=False)
             # Reading to the end makes zipfile verify the member's CRC-32,
@@ -260,9 +372,79 @@ def _read_member(path: str, archive: zipfile.ZipFile, info: zipfile.ZipInfo, nam
                 "contain pickles)"
             ) from None
         raise CheckpointError(f"{path}: array {name!r} is corrupt: {exc}") from None
-    except (zipfile.BadZipFile, EOFError, OSError) as exc:
+    except (zipfile.BadZipFile, EOFError, OSError, NotImplementedError) as exc:
         raise CheckpointError(f"{path}: array {name!r} is corrupt: {exc}") from None
     return array
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+# .npy version -> (struct format of the header length, header encoding).
+_NPY_VERSIONS = {(1, 0): ("<H", "latin1"), (2, 0): ("<I", "latin1"), (3, 0): ("<I", "utf8")}
+# NumPy's own limit (read_array's max_header_size) for reading without pickle.
+_NPY_MAX_HEADER_CHARS = 10_000
+_NPY_KEYS = {"descr", "fortran_order", "shape"}
+_MAX_ELEMENTS = np.iinfo(np.intp).max
+
+
+def _check_npy_header(member, member_size: int) -> None:
+    """Parse a .npy header as NumPy will, and check it against ``member_size``.
+
+    Raises ValueError unless the header is one that np.lib.format.read_array
+    parses directly (without its lenient fallback for Python 2 files), with
+    no object dtype, describing exactly the data bytes that follow it.
+    """
+    preamble = member.read(len(_NPY_MAGIC) + 2)
+    if len(preamble) < len(_NPY_MAGIC) + 2 or not preamble.startswith(_NPY_MAGIC):
+        raise ValueError("not a .npy array (its first bytes are not the .npy magic string)")
+    version = (preamble[-2], preamble[-1])
+    if version not in _NPY_VERSIONS:
+        raise ValueError(f"unknown .npy format version {version[0]}.{version[1]}")
+    length_format, encoding = _NPY_VERSIONS[version]
+    length_bytes = member.read(struct.calcsize(length_format))
+    if len(length_bytes) != struct.calcsize(length_format):
+        raise ValueError("the .npy header is cut short")
+    (header_length,) = struct.unpack(length_format, length_bytes)
+    data_start = len(preamble) + len(length_bytes) + header_length
+    if data_start > member_size:
+        raise ValueError(
+            f"its .npy header claims {header_length} bytes, more than the "
+            f"{member_size}-byte member holds"
+        )
+    header = member.read(header_length).decode(encoding)  # UnicodeDecodeError is a ValueError
+    if len(header) > _NPY_MAX_HEADER_CHARS:
+        raise ValueError(f"its .npy header is {len(header)} characters long, too long to be safe")
+    try:
+        fields = ast.literal_eval(header)
+    except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError):
+        raise ValueError(f"its .npy header is not a Python literal: {header!r:.200}") from None
+    if not isinstance(fields, dict) or set(fields) != _NPY_KEYS:
+        raise ValueError(
+            f"its .npy header is not a dict with keys {sorted(_NPY_KEYS)}: {header!r:.200}"
+        )
+    shape, fortran_order = fields["shape"], fields["fortran_order"]
+    if not isinstance(shape, tuple) or not all(type(n) is int and n >= 0 for n in shape):
+        raise ValueError(f"its .npy header has an invalid shape {shape!r:.200}")
+    if type(fortran_order) is not bool:
+        raise ValueError(f"its .npy header has an invalid fortran_order {fortran_order!r:.200}")
+    try:
+        dtype = np.lib.format.descr_to_dtype(fields["descr"])
+    # descr_to_dtype interprets a nested literal; any of these means a bad one.
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError, RecursionError):
+        raise ValueError(
+            f"its .npy header has an invalid dtype description {fields['descr']!r:.200}"
+        ) from None
+    if dtype.hasobject:
+        # The same words as NumPy's error, which _read_member turns into its own.
+        raise ValueError("Object arrays cannot be loaded when allow_pickle=False")
+    count = math.prod(shape)
+    if count > _MAX_ELEMENTS or any(n > _MAX_ELEMENTS for n in shape):
+        raise ValueError(f"its .npy header claims shape {shape}, more elements than any array holds")
+    data_size = member_size - data_start
+    if count * dtype.itemsize != data_size:
+        raise ValueError(
+            f"its .npy header claims shape {shape} of {dtype} ({count * dtype.itemsize} "
+            f"bytes) but the member holds {data_size} bytes of array data"
+        )
 
 
 def _check_format(path: str, marker: np.ndarray) -> None:
@@ -292,7 +474,8 @@ def _decode_meta(path: str, raw: np.ndarray) -> dict:
         )
     try:
         meta = json.loads(raw.tobytes().decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError also covers an integer of more digits than Python converts.
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: meta is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(meta, dict):
         raise CheckpointError(
@@ -316,8 +499,6 @@ def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val
     ``train_config`` is the run's settings as a dict (or an object with
     ``to_dict()``); ``task`` is ``{"name": ...}`` for a synthetic task.
     """
-    import math
-
     arrays = {f"params/{name}": p for name, p in model.params.items()}
     if optimizer is not None:
         arrays["optim/m"] = optimizer.m
@@ -343,22 +524,54 @@ def load_run(path, dtype=None):
     """``(model, tokenizer, meta, arrays)`` from a checkpoint written by :func:`save_run`.
 
     ``tokenizer`` is None for a synthetic-task run (``meta["task"]`` names the task).
+    Everything is checked before the model is built: the model configuration,
+    the dtype, and every parameter's name, shape and (real floating) dtype
+    against the layout the configuration implies, so a damaged or forged file
+    gives a :class:`CheckpointError` naming it, never a silent cast or a huge
+    allocation.
     """
-    from .model import GPT, GPTConfig
+    from .model import GPT, GPTConfig, param_layout
     from .tokenizers import tokenizer_from_state
 
     path = os.fspath(path)
     arrays, meta = load_checkpoint(path)
-    if meta.get("kind") != RUN_KIND or not isinstance(meta.get("model_config"), dict):
+    if meta.get("kind") != RUN_KIND:
         raise CheckpointError(f"{path}: a numgpt checkpoint, but not of a training run (kind {meta.get('kind')!r})")
+    if not isinstance(meta.get("model_config"), dict):
+        raise CheckpointError(f"{path}: model_config must be a JSON object, got {meta.get('model_config')!r}")
+    stored_dtype = meta.get("dtype", "float32")
+    if stored_dtype not in ("float32", "float64"):
+        raise CheckpointError(f"{path}: dtype must be 'float32' or 'float64', got {stored_dtype!r}")
     try:
         config = GPTConfig.from_dict(meta["model_config"])
-        model = GPT(config, dtype=dtype or meta.get("dtype", "float32"), init=False)
-        params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
-        model.load_state_dict(params)
+        layout = param_layout(config)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise CheckpointError(f"{path}: model_config is not usable: {e}") from None
+    params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    expected = dict(layout)
+    missing = [name for name in expected if name not in params]
+    unexpected = [name for name in params if name not in expected]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the parameters do not match model_config: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    for name, shape in layout:
+        array = params[name]
+        if tuple(array.shape) != tuple(shape):
+            raise CheckpointError(f"{path}: parameter {name} must have shape {tuple(shape)} (from model_config), "
+                                  f"got {array.shape}")
+        if array.dtype.kind != "f":
+            raise CheckpointError(f"{path}: parameter {name} has dtype {array.dtype}; parameters are real floats")
+    num_params = sum(math.prod(shape) for _, shape in layout)
+    for key in ("optim/m", "optim/v"):
+        if key in arrays and (arrays[key].shape != (num_params,) or arrays[key].dtype.kind != "f"):
+            raise CheckpointError(f"{path}: {key} must be a float vector of {num_params} values, got dtype "
+                                  f"{arrays[key].dtype} and shape {arrays[key].shape}")
+    try:
         tokenizer = tokenizer_from_state(meta["tokenizer"]) if meta.get("tokenizer") else None
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
+    except (ValueError, TypeError, KeyError, OverflowError) as e:
+        raise CheckpointError(f"{path}: the tokenizer state is not usable: {e}") from None
+    model = GPT(config, dtype=dtype or stored_dtype, init=False)
+    model.load_state_dict(params)
     return model, tokenizer, meta, arrays
 
 

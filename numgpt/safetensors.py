@@ -40,6 +40,18 @@ exactly those files too, and everything else that cannot be read
 unambiguously, with a :class:`SafetensorsError` naming the file and the
 problem.
 
+What reading guarantees.  For any file at all, :func:`read_safetensors`
+either returns exactly the tensors and metadata its header describes, or
+raises :class:`SafetensorsError` (FileNotFoundError if there is no file).
+No size written in the file is trusted before it is checked against the
+file's real size: the header length before the header is read, and every
+tensor's offsets and byte count before an array is made, so a forged size
+can neither allocate memory nor read past the end.  The format has no
+checksum, so damage that leaves a valid file (a flipped bit in tensor data,
+a changed digit in a shape that still adds up) reads as what the file now
+says.  ``tests/test_fuzz_safetensors.py`` checks this with damaged and
+forged files drawn by Hypothesis.
+
 bfloat16
 --------
 BF16 is the top half of an IEEE float32: the same sign bit and 8 exponent
@@ -232,7 +244,13 @@ def read_safetensors(
 
     tensors = {}
     for name, (dtype_name, shape, begin, end) in entries.items():
-        tensors[name] = _tensor_from_buffer(buffer, base + begin, dtype_name, shape)
+        try:
+            tensors[name] = _tensor_from_buffer(buffer, base + begin, dtype_name, shape)
+        except ValueError as exc:
+            # The bytes are there (checked above), but NumPy cannot make an
+            # array of this shape: more than 64 dimensions, or an empty
+            # tensor with a dimension beyond any array's size.
+            _fail(path, f"tensor {name!r}: shape {shape} cannot be a NumPy array ({exc})")
     return tensors, metadata
 
 
@@ -290,7 +308,9 @@ def _parse_header(
         header = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except _DuplicateKey as dup:
         _fail(path, f"header names {dup.args[0]!r} more than once (duplicate key)")
-    except (json.JSONDecodeError, RecursionError) as exc:
+    # ValueError beyond JSONDecodeError: an integer of more digits than
+    # Python converts (4300 by default).
+    except (ValueError, RecursionError) as exc:
         _fail(path, f"header is not valid JSON ({exc})")
     if not isinstance(header, dict):
         _fail(path, f"header is not a JSON object but a JSON {type(header).__name__}")
@@ -338,6 +358,8 @@ def _parse_entry(
             _fail(path, f"{where}: entry has no {field!r} field")
 
     dtype_name = info["dtype"]
+    if not isinstance(dtype_name, str):
+        _fail(path, f"{where}: dtype must be a string such as \"F32\", got {dtype_name!r}")
     if dtype_name in _UNSUPPORTED_DTYPES:
         _fail(path, f"{where}: dtype {dtype_name} is not supported by numgpt")
     if dtype_name not in _NUMPY_DTYPES and dtype_name != _BF16:

@@ -49,6 +49,7 @@ __all__ = [
     "CharTokenizer",
     "ByteTokenizer",
     "tokenizer_from_state",
+    "register_tokenizer",
     "encode_array",
     "id_dtype",
     "TOKENIZER_KINDS",
@@ -272,32 +273,53 @@ def _utf8(text: str) -> bytes:
         ) from None
 
 
-_KINDS = ("char", "byte", "bpe")
+# kind -> the class whose from_state rebuilds it.  Tokenizers defined in
+# other modules add themselves with register_tokenizer (bpe.py does, for
+# "bpe"), so that this module never imports them: the dependency runs one
+# way only, from those modules down to this one.  numgpt/__init__.py imports
+# bpe, so every kind numgpt ships is registered whatever module is imported.
+_REGISTRY: dict[str, type] = {}
+
+
+def register_tokenizer(cls) -> type:
+    """Let :func:`tokenizer_from_state` rebuild states of kind ``cls.kind``
+    with ``cls.from_state``.  Returns ``cls``, so it can be a class decorator."""
+    kind = getattr(cls, "kind", None)
+    if not isinstance(kind, str) or not callable(getattr(cls, "from_state", None)):
+        raise TypeError(
+            f"register_tokenizer needs a class with a string 'kind' and a from_state "
+            f"class method, got {cls!r}"
+        )
+    known = _REGISTRY.get(kind)
+    if known is not None and known is not cls:
+        raise ValueError(
+            f"tokenizer kind {kind!r} is already registered to {known.__module__}.{known.__name__}"
+        )
+    _REGISTRY[kind] = cls
+    return cls
+
+
+register_tokenizer(CharTokenizer)
+register_tokenizer(ByteTokenizer)
 
 
 def tokenizer_from_state(state: dict):
     """Rebuild a tokenizer from the dict its ``to_state()`` returned."""
     if not isinstance(state, dict):
         raise TypeError(f"tokenizer state must be a dict, got {type(state).__name__}")
+    kinds = ", ".join(map(repr, _REGISTRY))
     if "kind" not in state:
         raise ValueError(
-            f"tokenizer state has no 'kind' entry (keys: {sorted(state)}); "
-            f"expected one of {', '.join(map(repr, _KINDS))}"
+            f"tokenizer state has no 'kind' entry (keys: {sorted(map(str, state))}); "
+            f"expected one of {kinds}"
         )
     kind = state["kind"]
-    if kind == "char":
-        return CharTokenizer.from_state(state)
-    if kind == "byte":
-        return ByteTokenizer.from_state(state)
-    if kind == "bpe":
-        # Imported here so the char/byte tokenizers never depend on bpe.py.
-        from numgpt.bpe import BPETokenizer
-
-        return BPETokenizer.from_state(state)
-    raise ValueError(
-        f"unknown tokenizer kind {kind!r} in tokenizer state; "
-        f"expected one of {', '.join(map(repr, _KINDS))}"
-    )
+    cls = _REGISTRY.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(
+            f"unknown tokenizer kind {kind!r} in tokenizer state; expected one of {kinds}"
+        )
+    return cls.from_state(state)
 
 
 def id_dtype(vocab_size: int) -> np.dtype:

@@ -202,3 +202,84 @@ def test_encode_array_falls_back_to_the_tokenizer_encode():
 
     arr = encode_array(Words(), "a bb ccc")
     assert arr.dtype == np.int32 and arr.tolist() == [1, 2, 3]
+
+
+# -- module structure ---------------------------------------------------------
+
+
+def _imported_modules(path):
+    """Every module an ``import`` anywhere in the file at ``path`` names,
+    relative imports resolved against the numgpt package."""
+    import ast
+
+    tree = ast.parse(open(path, encoding="utf-8").read(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = ("numgpt." if node.level else "") + (node.module or "")
+            names.add(base.rstrip("."))
+            # "from . import bpe" and "from numgpt import bpe" name the module
+            # in the alias, not in node.module.
+            names.update(f"{base.rstrip('.')}.{alias.name}" for alias in node.names)
+    return names
+
+
+def test_tokenizers_does_not_import_bpe():
+    """The dependency runs one way: bpe.py imports tokenizers.py, never the reverse
+    (not even inside a function): bpe registers its kind instead."""
+    import numgpt.bpe
+    import numgpt.tokenizers
+
+    imported = _imported_modules(numgpt.tokenizers.__file__)
+    assert not {name for name in imported if name == "numgpt.bpe" or name.endswith(".bpe")}, imported
+    assert not any("importlib" in name or name == "bpe" for name in imported), imported
+    assert "import_module" not in open(numgpt.tokenizers.__file__, encoding="utf-8").read()
+    # The other direction is the intended one.
+    assert "numgpt.tokenizers" in _imported_modules(numgpt.bpe.__file__)
+
+
+def test_bpe_kind_is_known_after_importing_only_tokenizers():
+    """Any import of a numgpt module runs numgpt/__init__.py, which imports bpe,
+    so a checkpoint's "bpe" tokenizer state rebuilds without importing bpe by hand."""
+    import os
+    import subprocess
+    import sys
+
+    import numgpt
+    from numgpt.bpe import train_bpe
+
+    state = json.dumps(train_bpe("low lower lowest", 260).to_state())
+    code = (
+        "import json, sys\n"
+        "from numgpt.tokenizers import tokenizer_from_state\n"
+        "print(type(tokenizer_from_state(json.loads(sys.stdin.read()))).__name__)\n"
+    )
+    # The numgpt under test, wherever the interpreter is started from.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(numgpt.__file__)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run(
+        [sys.executable, "-c", code], input=state, capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "BPETokenizer"
+
+
+def test_register_tokenizer():
+    from numgpt.tokenizers import register_tokenizer
+
+    class Other:
+        kind = "char"
+
+        @classmethod
+        def from_state(cls, state):
+            return cls()
+
+    with pytest.raises(ValueError, match="'char' is already registered"):
+        register_tokenizer(Other)
+    with pytest.raises(TypeError, match="string 'kind'"):
+        register_tokenizer(object)
+    assert register_tokenizer(CharTokenizer) is CharTokenizer  # registering again is harmless
+    with pytest.raises(ValueError, match="unknown tokenizer kind 3"):
+        tokenizer_from_state({"kind": 3})
