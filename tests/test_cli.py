@@ -215,11 +215,11 @@ def test_sample_prompt_outside_the_vocabulary(textfile, tmp_path, capsys):
 
 
 def test_sample_bad_top_p(textfile, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert main(train_args(textfile, out, "--max_iters", "2")) == 0
-    capsys.readouterr()
-    assert main(["sample", "--out_dir", str(out), "--top_p", "1.5", "--max_new_tokens", "5"]) == 1
-    assert_clean_error(capsys, "top_p")
+    # a value out of the flag's range is a usage error (exit code 2), found before the checkpoint is read
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "--out_dir", str(tmp_path / "out"), "--top_p", "1.5", "--max_new_tokens", "5"])
+    assert info.value.code == 2
+    assert_clean_error(capsys, "--top_p must be in (0, 1], got 1.5")
 
 
 def test_sample_without_checkpoint(tmp_path, capsys):
