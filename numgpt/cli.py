@@ -310,9 +310,12 @@ def _load_for_sampling(args):
 
 
 def cmd_sample(args):
+    from .checkpoint import load_for_inference
     from .sample import generate_text
 
-    model, tokenizer = _load_for_sampling(args)
+    model, tokenizer, task = load_for_inference(args.out_dir, init_from=args.init_from)
+    if task is not None:
+        return _answer_task_problem(model, task, args)
     texts = generate_text(model, tokenizer, args.prompt, num_samples=args.num_samples,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed, stop=args.stop or None)
@@ -320,6 +323,27 @@ def cmd_sample(args):
         if len(texts) > 1:
             print(f"--- sample {i + 1} ---")
         print(text)
+    return 0
+
+
+def _answer_task_problem(model, task, args):
+    """Greedy-decode the answer to the problem typed as --prompt; print it and whether it is right."""
+    import numpy as np
+
+    from .sample import generate
+
+    if not args.prompt.strip():
+        raise ValueError(f"{args.out_dir} holds a synthetic-task checkpoint ({task!r}): give the problem "
+                         f"with --prompt, {task.prompt_form()}")
+    prompt = task.parse_prompt(args.prompt)
+    out = generate(model, prompt[None, :], task.answer_length, temperature=0)
+    answer = out[0, task.prompt_length:]
+    print(task.format_problem(prompt, answer))
+    expected = task.solve(prompt[None, :])[0]
+    if np.array_equal(answer, expected):
+        print("correct")
+    else:
+        print(f"wrong: the answer is {task.format_answer(expected)}")
     return 0
 
 
@@ -395,9 +419,13 @@ def build_parser():
         p.add_argument("--init_from", default="",
                        help="a Hugging Face GPT-2 directory to load instead of OUT_DIR's checkpoint")
 
-    p = command("sample", "generate text from a trained checkpoint")
+    p = command("sample", "generate text from a trained checkpoint, or answer a synthetic-task problem",
+                "Generate text from a trained checkpoint. For a synthetic-task checkpoint (numgpt train "
+                "--task), answer the problem given as --prompt by greedy decoding.")
     add_source(p)
-    p.add_argument("--prompt", default="", help="text to continue (empty: start from a newline)")
+    p.add_argument("--prompt", default="",
+                   help="text to continue (empty: start from a newline); for a task checkpoint the problem, "
+                        "e.g. '2 0 1 1 0 2' (sort) or '12+34' (add)")
     p.add_argument("--num_samples", type=_int, default=1, limits=Limits(1, integer=True),
                    help="how many samples to generate")
     p.add_argument("--max_new_tokens", type=_int, default=500, limits=Limits(1, integer=True),
