@@ -2,12 +2,195 @@
 
 Only this module knows every room of the package; each subcommand is a thin
 layer over a function a notebook can call directly.
+
+Exit status: 0 success; 1 a failure found while working (bad data, a missing
+or unreadable file, a failed gradient check, a training error); 2 a usage
+error found while parsing the command line (an unknown flag, a malformed
+value, a value out of its range); 130 interrupted by Ctrl-C.
 """
 
 import argparse
 import dataclasses
+import difflib
+import errno
+import math
 import os
 import sys
+import warnings
+
+# --- the parser --------------------------------------------------------------------------
+
+# What people used to nanoGPT, PyTorch scripts or Hugging Face type for a flag of ours.
+_FLAG_ALIASES = {
+    "lr": "learning_rate", "learning-rate": "learning_rate", "max_lr": "learning_rate",
+    "batch": "batch_size", "bs": "batch_size", "batch-size": "batch_size",
+    "iters": "max_iters", "steps": "max_iters", "max_steps": "max_iters", "num_iters": "max_iters",
+    "wd": "weight_decay", "warmup": "warmup_iters", "warmup_steps": "warmup_iters",
+    "layers": "n_layer", "n_layers": "n_layer", "num_layers": "n_layer",
+    "heads": "n_head", "n_heads": "n_head", "num_heads": "n_head",
+    "n_embed": "n_embd", "d_model": "n_embd", "hidden_size": "n_embd", "embd": "n_embd",
+    "context": "block_size", "context_length": "block_size", "seq_len": "block_size", "block": "block_size",
+    "clip": "grad_clip", "max_grad_norm": "grad_clip", "grad_norm_clip": "grad_clip",
+    "accum": "gradient_accumulation_steps", "grad_accum": "gradient_accumulation_steps",
+    "temp": "temperature", "k": "top_k", "p": "top_p", "topk": "top_k", "topp": "top_p",
+    "max_tokens": "max_new_tokens", "num_tokens": "max_new_tokens", "length": "max_new_tokens",
+    "n": "num_samples", "samples": "num_samples", "output_dir": "out_dir", "outdir": "out_dir",
+    "start": "prompt", "text": "prompt",
+}
+
+
+class Limits:
+    """The values a numeric flag accepts: ``low``/``high`` bounds, open or closed, and finite.
+
+    Checked after parsing (so ``-1e-3`` reaches the check, not argparse's
+    "expected one argument"), and reported as a usage error (exit code 2)
+    naming the flag, the range and the value.
+    """
+
+    def __init__(self, low=None, high=None, *, low_open=False, high_open=False, integer=False):
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+        self.integer = integer
+
+    def __contains__(self, value):
+        if not (math.isfinite(value) if isinstance(value, float) else True):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self):
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{_show(self.low)}, {_show(self.high)}"
+                    f"{')' if self.high_open else ']'}")
+        if self.integer and self.low == 1 and not self.low_open and self.high is None:
+            return "a positive integer"
+        kind = "an integer" if self.integer else "a finite number"
+        if self.low is not None:
+            return f"{kind} {'>' if self.low_open else '>='} {_show(self.low)}"
+        if self.high is not None:
+            return f"{kind} {'<' if self.high_open else '<='} {_show(self.high)}"
+        return kind
+
+
+def _show(value):
+    """A number as a person would write it: 0 rather than 0.0, -0.001 rather than -1e-03."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return repr(value)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with numgpt's rules, for the parser and every subparser made from it.
+
+    * No prefixes: ``--lr 100`` is not ``--lr_decay_iters 100`` but an error
+      suggesting ``--learning_rate`` (``allow_abbrev=False``; subparsers are
+      made of this class, so they have the rule too).
+    * A negative number after a flag that takes a value is that value
+      (``--learning_rate -1e-3``): argparse would take ``-1e-3`` for a flag.
+    * ``limits=Limits(...)`` on ``add_argument`` checks the parsed value.
+    * A default is shown once in ``--help``, appended unless the help text
+      already mentions it.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        self._numgpt_value_flags = set()     # option strings that take a value
+        self._numgpt_flags = []              # every option string, for suggestions
+        self._numgpt_limits = []             # (action, Limits)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        return self._numgpt_declare(super().add_argument, args, kwargs)
+
+    def add_argument_group(self, *args, **kwargs):
+        return self._numgpt_wrap(super().add_argument_group(*args, **kwargs))
+
+    def add_mutually_exclusive_group(self, *args, **kwargs):
+        return self._numgpt_wrap(super().add_mutually_exclusive_group(*args, **kwargs))
+
+    def _numgpt_wrap(self, group):
+        add = group.add_argument
+        group.add_argument = lambda *args, **kwargs: self._numgpt_declare(add, args, kwargs)
+        return group
+
+    def _numgpt_declare(self, add, args, kwargs):
+        limits = kwargs.pop("limits", None)
+        help_text = kwargs.get("help")
+        default = kwargs.get("default")
+        if (isinstance(help_text, str) and "(default" not in help_text and not kwargs.get("required")
+                and not (default is None or default is argparse.SUPPRESS or default is False
+                         or (isinstance(default, (str, list)) and not default))):
+            kwargs["help"] = f"{help_text} (default: %(default)s)"
+        action = add(*args, **kwargs)
+        self._numgpt_flags.extend(action.option_strings)
+        if action.option_strings and action.nargs in (None, argparse.OPTIONAL):
+            self._numgpt_value_flags.update(action.option_strings)
+        if limits is not None:
+            self._numgpt_limits.append((action, limits))
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        namespace, extras = super().parse_known_args(self._join_negative_values(args), namespace)
+        if extras:
+            self.error(self._unrecognized(extras))
+        for action, limits in self._numgpt_limits:
+            value = getattr(namespace, action.dest, None)
+            if value is not None and not isinstance(value, bool) and value not in limits:
+                self.error(f"{action.option_strings[0]} must be {limits.describe()}, got {_show(value)}")
+        return namespace, extras
+
+    def _join_negative_values(self, args):
+        """``--flag -1e-3`` -> ``--flag=-1e-3`` for this parser's flags that take a value."""
+        joined, i = [], 0
+        while i < len(args):
+            token = args[i]
+            if token == "--":
+                joined.extend(args[i:])
+                break
+            if (token in self._numgpt_value_flags and i + 1 < len(args)
+                    and _is_negative_number(args[i + 1])):
+                joined.append(f"{token}={args[i + 1]}")
+                i += 2
+                continue
+            joined.append(token)
+            i += 1
+        return joined
+
+    def _unrecognized(self, extras):
+        message = f"unrecognized arguments: {' '.join(extras)}"
+        hints = []
+        for token in extras:
+            if token.startswith("--"):
+                hints.extend(h for h in self.suggest_flags(token.split("=", 1)[0]) if h not in hints)
+        if hints:
+            message += f" (did you mean {' or '.join(hints)}?)"
+        return message
+
+    def suggest_flags(self, flag):
+        """The real flags closest to ``flag``: a common alias, the flags it begins, or a near spelling."""
+        flags = [f for f in self._numgpt_flags if f.startswith("--") and f != "--help"]
+        name = flag[2:]
+        alias = _FLAG_ALIASES.get(name) or _FLAG_ALIASES.get(name.replace("-", "_"))
+        if alias and f"--{alias}" in flags:
+            return [f"--{alias}"]
+        underscored = "--" + name.replace("-", "_")
+        if underscored in flags:
+            return [underscored]
+        starting = [f for f in flags if f.startswith(underscored)]
+        if starting:
+            return starting[:3]
+        return difflib.get_close_matches(underscored, flags, n=1, cutoff=0.6)
+
+
+def _is_negative_number(token):
+    if not token.startswith("-") or token == "-":
+        return False
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def cmd_gradcheck(args):
@@ -97,9 +280,12 @@ def _load_for_sampling(args):
 
 
 def cmd_sample(args):
+    from .checkpoint import load_for_inference
     from .sample import generate_text
 
-    model, tokenizer = _load_for_sampling(args)
+    model, tokenizer, task = load_for_inference(args.out_dir, init_from=args.init_from)
+    if task is not None:
+        return _answer_task_problem(model, task, args)
     texts = generate_text(model, tokenizer, args.prompt, num_samples=args.num_samples,
                           max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
                           top_p=args.top_p, seed=args.seed, stop=args.stop or None)
@@ -107,6 +293,27 @@ def cmd_sample(args):
         if len(texts) > 1:
             print(f"--- sample {i + 1} ---")
         print(text)
+    return 0
+
+
+def _answer_task_problem(model, task, args):
+    """Greedy-decode the answer to the problem typed as --prompt; print it and whether it is right."""
+    import numpy as np
+
+    from .sample import generate
+
+    if not args.prompt.strip():
+        raise ValueError(f"{args.out_dir} holds a synthetic-task checkpoint ({task!r}): give the problem "
+                         f"with --prompt, {task.prompt_form()}")
+    prompt = task.parse_prompt(args.prompt)
+    out = generate(model, prompt[None, :], task.answer_length, temperature=0)
+    answer = out[0, task.prompt_length:]
+    print(task.format_problem(prompt, answer))
+    expected = task.solve(prompt[None, :])[0]
+    if np.array_equal(answer, expected):
+        print("correct")
+    else:
+        print(f"wrong: the answer is {task.format_answer(expected)}")
     return 0
 
 
@@ -152,76 +359,144 @@ def cmd_attention(args):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="numgpt", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = _Parser(prog="numgpt", description=__doc__.splitlines()[0],
+                     epilog="Exit status: 0 success, 1 failure, 2 usage error, 130 interrupted.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND",
+                                help="what to do (numgpt COMMAND --help describes its flags)")
     sub.required = True
 
-    p = sub.add_parser("gradcheck", help="check every layer's backward against finite differences (float64)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--seed", type=int, default=0, help="seed for the random inputs")
-    p.add_argument("--rtol", type=float, default=1e-7, help="largest relative error that passes")
+    def command(name, summary, description=None, **kwargs):
+        return sub.add_parser(name, help=summary, description=description or summary[:1].upper() + summary[1:] + ".",
+                              **kwargs)
+
+    p = command("gradcheck", "check every layer's backward against finite differences (float64)")
+    p.add_argument("--seed", type=_int, default=0, limits=Limits(0, integer=True),
+                   help="seed of the random inputs")
+    p.add_argument("--rtol", type=_float, default=1e-7, limits=Limits(0, 1, low_open=True, high_open=True),
+                   help="a check passes when its largest relative error is below this")
     p.add_argument("--method", choices=["full", "adjoint"], default="full",
                    help="'full' compares every element, 'adjoint' one random direction")
     p.set_defaults(func=cmd_gradcheck)
 
-    p = sub.add_parser("train", help="train a GPT on text or a synthetic task",
-                       description="Train a GPT. Defaults reproduce nanoGPT's CPU run (4 layers x 4 heads x 128, "
-                                   "block 64, 2000 iterations) on the built-in corpus.")
+    p = command("train", "train a GPT on text or a synthetic task",
+                "Train a GPT. Defaults reproduce nanoGPT's CPU run (4 layers x 4 heads x 128, "
+                "block 64, 2000 iterations) on the built-in corpus.")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
     def add_source(p):
-        p.add_argument("--out_dir", default="out", help="directory of the training checkpoint (default: out)")
-        p.add_argument("--init_from", default="", help="a Hugging Face GPT-2 directory instead of a checkpoint")
+        p.add_argument("--out_dir", default="out", help="directory of the training checkpoint (ckpt.npz)")
+        p.add_argument("--init_from", default="",
+                       help="a Hugging Face GPT-2 directory to load instead of OUT_DIR's checkpoint")
 
-    p = sub.add_parser("sample", help="generate text from a trained checkpoint",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = command("sample", "generate text from a trained checkpoint, or answer a synthetic-task problem",
+                "Generate text from a trained checkpoint. For a synthetic-task checkpoint (numgpt train "
+                "--task), answer the problem given as --prompt by greedy decoding.")
     add_source(p)
-    p.add_argument("--prompt", default="", help="text to continue ('' starts from a newline)")
-    p.add_argument("--num_samples", type=_positive_int, default=1)
-    p.add_argument("--max_new_tokens", type=_positive_int, default=500)
-    p.add_argument("--temperature", type=_non_negative_float, default=0.8, help="0 is greedy")
-    p.add_argument("--top_k", type=_positive_int, default=None)
-    p.add_argument("--top_p", type=_float, default=None, help="nucleus sampling mass in (0, 1]")
-    p.add_argument("--seed", type=_int, default=None)
-    p.add_argument("--stop", action="append", default=[], help="stop at this string (repeatable)")
+    p.add_argument("--prompt", default="",
+                   help="text to continue (empty: start from a newline); for a task checkpoint the problem, "
+                        "e.g. '2 0 1 1 0 2' (sort) or '12+34' (add)")
+    p.add_argument("--num_samples", type=_int, default=1, limits=Limits(1, integer=True),
+                   help="how many samples to generate")
+    p.add_argument("--max_new_tokens", type=_int, default=500, limits=Limits(1, integer=True),
+                   help="tokens to generate per sample")
+    p.add_argument("--temperature", type=_float, default=0.8, limits=Limits(0),
+                   help="divides the logits: below 1 is more conservative, 0 is greedy")
+    p.add_argument("--top_k", type=_int, default=None, limits=Limits(1, integer=True),
+                   help="sample only among the k most likely tokens (default: all)")
+    p.add_argument("--top_p", type=_float, default=None, limits=Limits(0, 1, low_open=True),
+                   help="nucleus sampling: only the most likely tokens holding this much probability mass, "
+                        "in (0, 1] (default: all)")
+    p.add_argument("--seed", type=_int, default=None, limits=Limits(0, integer=True),
+                   help="random seed, for repeatable samples (default: a fresh one each run)")
+    p.add_argument("--stop", action="append", default=[],
+                   help="end a sample just before this string (repeatable)")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("tokenizer", help="byte-level BPE tokenizer tools")
-    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    p = command("tokenizer", "byte-level BPE tokenizer tools")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION", help="what to do")
     tsub.required = True
     t = tsub.add_parser("train", help="train a BPE vocabulary, written in GPT-2's file format",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                        description="Train a byte-level BPE vocabulary, written in GPT-2's file format.")
     t.add_argument("--data", required=True, help="'default', 'shakespeare' or a UTF-8 text file")
-    t.add_argument("--vocab_size", type=_positive_int, required=True)
+    t.add_argument("--vocab_size", type=_int, required=True, limits=Limits(1, integer=True),
+                   help="tokens in the vocabulary: the 256 bytes, the end-of-text token and the merges")
     t.add_argument("--out", required=True, help="directory for vocab.json and merges.txt")
     t.set_defaults(func=cmd_tokenizer_train)
 
-    p = sub.add_parser("plot", help="draw the train/val loss curve to a PNG (needs matplotlib)")
-    p.add_argument("--out_dir", default="out")
+    p = command("plot", "draw the train/val loss curve to a PNG (needs matplotlib)")
+    p.add_argument("--out_dir", default="out", help="directory of the training run (its metrics.jsonl)")
     p.add_argument("--output", default=None, help="PNG path (default: OUT_DIR/loss.png)")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("attention", help="draw every layer's and head's attention over a prompt (needs matplotlib)")
+    p = command("attention", "draw every layer's and head's attention over a prompt (needs matplotlib)")
     add_source(p)
-    p.add_argument("--prompt", required=True)
+    p.add_argument("--prompt", required=True, help="the text whose attention is drawn")
     p.add_argument("--output", default=None, help="PNG path (default: OUT_DIR/attention.png)")
     p.set_defaults(func=cmd_attention)
     return parser
 
 
-def _positive_int(text):
-    value = _int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _blocking_file(path):
+    """The first ancestor of ``path`` (or ``path`` itself) that exists but is not a directory, or None.
+
+    Ancestors are spelt as in ``path``, so a relative path gives a relative answer, as the user typed it.
+    """
+    candidates = []
+    while path and path not in candidates:
+        candidates.append(path)
+        path = os.path.dirname(path)
+    for candidate in reversed(candidates):
+        if os.path.lexists(candidate) and not os.path.isdir(candidate):
+            return candidate
+    return None
 
 
-def _non_negative_float(text):
-    value = _float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+def describe_os_error(e):
+    """One sentence for an OSError: what is wrong (naming the path) and, where it helps, what to do.
+
+    A message numgpt wrote itself (an OSError whose text is not the system's
+    wording for its errno) is kept as it is.
+    """
+    name = e.filename if e.filename is not None else e.filename2
+    path = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else None
+    shown = path if path is not None else "a file"
+    code = e.errno
+    system_text = os.strerror(code) if isinstance(code, int) else None
+    if code is None or e.strerror is None or e.strerror != system_text:
+        return str(e.strerror) if e.strerror is not None else (str(e) or type(e).__name__)
+    if code == errno.ENOENT:
+        return f"no such file or directory: {shown}"
+    if code in (errno.EEXIST, errno.ENOTDIR):
+        blocker = _blocking_file(path) if path is not None else None
+        if blocker is not None and os.path.normpath(blocker) != os.path.normpath(path):
+            return (f"{blocker} exists and is not a directory, so {path} cannot be made; "
+                    f"remove or rename it, or choose another path")
+        if code == errno.EEXIST and path is not None and os.path.isdir(path):
+            return f"{path} already exists; choose another path"
+        return f"{shown} exists and is not a directory; remove or rename it, or choose another path"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied: {shown} (check its permissions or choose another path)"
+    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return f"the disk is full while writing {shown}: free some space and try again, or choose another path"
+    if code == errno.EROFS:
+        return f"{shown} is on a read-only file system; choose another path"
+    if code == errno.EISDIR:
+        return f"{shown} is a directory, but a file is needed there"
+    if code == errno.ENAMETOOLONG:
+        return f"the file name is too long: {shown}"
+    return f"{e.strerror[:1].lower()}{e.strerror[1:]}: {shown}" if path is not None else e.strerror
+
+
+def _show_warning(command):
+    """A ``warnings.showwarning`` that prints one line, ``numgpt COMMAND: warning: MESSAGE``."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        stream = sys.stderr if file is None else file
+        try:
+            print(f"numgpt {command}: warning: {message}", file=stream)
+        except (OSError, ValueError):     # no usable stderr: a warning is not worth a crash
+            pass
+    return show
 
 
 def main(argv=None):
@@ -229,6 +504,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
+    command = args.command
+    previous_showwarning = warnings.showwarning
+    warnings.showwarning = _show_warning(command)
     try:
         return args.func(args)
     except (DataError, CheckpointError, ValueError, TypeError, OSError, ImportError) as e:
@@ -236,17 +514,20 @@ def main(argv=None):
         # NUMGPT_TRACEBACK=1 shows the traceback (for debugging numgpt itself).
         if os.environ.get("NUMGPT_TRACEBACK"):
             raise
-        print(f"numgpt {args.command}: error: {e}", file=sys.stderr)
+        message = describe_os_error(e) if isinstance(e, OSError) else e
+        print(f"numgpt {command}: error: {message}", file=sys.stderr)
         return 1
     except RuntimeError as e:
         from .train import TrainingError
         if isinstance(e, TrainingError):
-            print(f"numgpt {args.command}: {e}", file=sys.stderr)
+            print(f"numgpt {command}: {e}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:
-        print(f"numgpt {args.command}: interrupted", file=sys.stderr)
+        print(f"numgpt {command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.showwarning = previous_showwarning
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ The tasks:
 from __future__ import annotations
 
 import operator
+import re
 
 import numpy as np
 
@@ -97,6 +98,14 @@ def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> in
     return value
 
 
+def _split_numbers(text: str) -> list[str] | None:
+    """The runs of digits in ``text`` separated by spaces or commas, or None if anything else is there."""
+    pieces = [p for p in re.split(r"[\s,]+", text.strip()) if p]
+    if not all(re.fullmatch(r"[0-9]+", p) for p in pieces):
+        return None
+    return pieces
+
+
 def _check_split(split) -> str:
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -108,8 +117,10 @@ class Task:
 
     Subclasses set ``vocab_size``, ``prompt_length``, ``answer_length`` and
     ``num_problems`` and implement ``_random_prompts(m, rng)``,
-    ``solve(prompts)``, ``_all_prompts()`` (for small problem spaces) and
-    ``format_problem(prompt, answer)``.
+    ``solve(prompts)``, ``_all_prompts()`` (for small problem spaces),
+    ``format_problem(prompt, answer)``, and for typed problems (``numgpt
+    sample --prompt``) ``parse_prompt(text)``, ``format_answer(answer)`` and
+    ``prompt_form()``.
     """
 
     name = "task"
@@ -144,6 +155,21 @@ class Task:
         raise NotImplementedError
 
     def format_problem(self, prompt, answer=None) -> str:
+        raise NotImplementedError
+
+    def parse_prompt(self, text: str) -> np.ndarray:
+        """The prompt, int64 ``(prompt_length,)``, that ``text`` (a problem as a person types it) stands for.
+
+        Raises ValueError naming the accepted forms when ``text`` is not one of them.
+        """
+        raise NotImplementedError
+
+    def format_answer(self, answer) -> str:
+        """An answer row as a person reads it."""
+        raise NotImplementedError
+
+    def prompt_form(self) -> str:
+        """The forms ``parse_prompt`` accepts, in words, with an example (for error messages and help)."""
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------
@@ -288,6 +314,34 @@ class SortTask(Task):
             return f"sort {shown} ->"
         return f"sort {shown} -> {' '.join(str(int(t)) for t in answer)}"
 
+    def prompt_form(self) -> str:
+        """The forms ``parse_prompt`` accepts, in words, with an example."""
+        example = [(2, 0, 1, 1, 0, 2)[i % 6] % self.num_digits for i in range(self.length)]
+        spaced = " ".join(map(str, example))
+        if self.num_digits > 10:
+            return f"{self.length} numbers from 0 to {self.num_digits - 1} separated by spaces, e.g. {spaced!r}"
+        return (f"{self.length} digits from 0 to {self.num_digits - 1}, separated by spaces or not, "
+                f"e.g. {spaced!r} or {''.join(map(str, example))!r}")
+
+    def parse_prompt(self, text: str) -> np.ndarray:
+        """``'2 0 1 1 0 2'``, ``'2,0,1,1,0,2'`` or ``'201102'`` (when every digit is one character)."""
+        if not isinstance(text, str):
+            raise TypeError(f"prompt must be a str, got {type(text).__name__}")
+        pieces = _split_numbers(text)
+        if pieces is not None and len(pieces) == 1 and self.num_digits <= 10:
+            pieces = list(pieces[0])                       # '201102': one digit per character
+        if pieces is None or len(pieces) != self.length:
+            found = "" if pieces is None else f" ({len(pieces)} number{'s' * (len(pieces) != 1)})"
+            raise ValueError(f"a sort problem is {self.prompt_form()}; got {text!r}{found}")
+        values = np.array([int(p) for p in pieces], dtype=np.int64)
+        if values.max() >= self.num_digits:
+            raise ValueError(f"a sort problem is {self.prompt_form()}; got {text!r}, and {int(values.max())} "
+                             f"is not from 0 to {self.num_digits - 1}")
+        return values
+
+    def format_answer(self, answer) -> str:
+        return " ".join(str(int(t)) for t in np.asarray(answer).reshape(-1))
+
     def __repr__(self) -> str:
         return f"SortTask(length={self.length}, num_digits={self.num_digits})"
 
@@ -352,6 +406,36 @@ class AdditionTask(Task):
             return head
         raw = "".join(str(int(t)) for t in answer)
         return f"{head} {self.answer_value(answer)} (answer tokens, reversed: {raw})"
+
+    def prompt_form(self) -> str:
+        """The forms ``parse_prompt`` accepts, in words, with examples."""
+        n, top = self.n_digits, 10**self.n_digits - 1
+        a, b = int(("37" * n)[:n]), int(("85" * n)[:n])
+        digits = f"{a:0{n}d}{b:0{n}d}"
+        return (f"'A+B' with A and B from 0 to {top} (e.g. '{a}+{b}'), or the {2 * n} prompt digits, "
+                f"A's then B's zero-padded, separated by spaces or not (e.g. {' '.join(digits)!r} or {digits!r})")
+
+    def parse_prompt(self, text: str) -> np.ndarray:
+        """``'37+85'`` (spaces and a final ``=`` allowed), or the prompt digits: ``'3 7 8 5'``, ``'3785'``."""
+        if not isinstance(text, str):
+            raise TypeError(f"prompt must be a str, got {type(text).__name__}")
+        sum_form = re.fullmatch(r"\s*([0-9]+)\s*\+\s*([0-9]+)\s*=?\s*", text)
+        if sum_form:
+            a, b = (int(g) for g in sum_form.groups())
+            if max(a, b) >= 10**self.n_digits:
+                raise ValueError(f"an addition problem is {self.prompt_form()}; got {text!r}, and "
+                                 f"{max(a, b)} has more than {self.n_digits} digit(s)")
+            return np.concatenate([self._digits(np.array([a]), self.n_digits),
+                                   self._digits(np.array([b]), self.n_digits)], axis=1)[0].astype(np.int64)
+        pieces = _split_numbers(text)
+        digits = "".join(pieces) if pieces is not None else ""
+        if pieces is None or len(digits) != self.prompt_length:
+            found = "" if pieces is None else f" ({len(digits)} digit{'s' * (len(digits) != 1)})"
+            raise ValueError(f"an addition problem is {self.prompt_form()}; got {text!r}{found}")
+        return np.array([int(d) for d in digits], dtype=np.int64)
+
+    def format_answer(self, answer) -> str:
+        return str(self.answer_value(answer))
 
     def __repr__(self) -> str:
         return f"AdditionTask(n_digits={self.n_digits})"

@@ -4,6 +4,7 @@ clear one-line errors (never a traceback) for bad flags, data and checkpoints.""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -215,11 +216,11 @@ def test_sample_prompt_outside_the_vocabulary(textfile, tmp_path, capsys):
 
 
 def test_sample_bad_top_p(textfile, tmp_path, capsys):
-    out = tmp_path / "out"
-    assert main(train_args(textfile, out, "--max_iters", "2")) == 0
-    capsys.readouterr()
-    assert main(["sample", "--out_dir", str(out), "--top_p", "1.5", "--max_new_tokens", "5"]) == 1
-    assert_clean_error(capsys, "top_p")
+    # a value out of the flag's range is a usage error (exit code 2), found before the checkpoint is read
+    with pytest.raises(SystemExit) as info:
+        main(["sample", "--out_dir", str(tmp_path / "out"), "--top_p", "1.5", "--max_new_tokens", "5"])
+    assert info.value.code == 2
+    assert_clean_error(capsys, "--top_p must be in (0, 1], got 1.5")
 
 
 def test_sample_without_checkpoint(tmp_path, capsys):
@@ -317,3 +318,84 @@ def test_unusable_out_dir_is_a_clear_error(textfile, tmp_path, capsys):
     bad = textfile / "out"
     assert main(train_args(textfile, bad, "--max_iters", "1")) == 1
     assert_clean_error(capsys, "numgpt train: error:", str(bad))
+
+
+# --- sample from a synthetic-task checkpoint (issue 12, item 12) ------------------------------------------
+
+TINY_TASK_FLAGS = ["--max_iters", "2", "--n_layer", "1", "--n_head", "2", "--n_embd", "8", "--batch_size", "4",
+                   "--eval_iters", "1", "--eval_interval", "2", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def task_runs(tmp_path_factory):
+    """A barely trained sort and addition checkpoint: {task name: out_dir}."""
+    runs = {}
+    for name in ("sort", "add"):
+        out = tmp_path_factory.mktemp(f"task-{name}")
+        assert main(["train", "--task", name, "--out_dir", str(out), *TINY_TASK_FLAGS]) == 0
+        runs[name] = out
+    return runs
+
+
+def greedy_answer(out_dir, prompt):
+    from numgpt.checkpoint import load_for_inference
+    from numgpt.sample import generate
+
+    model, _, task = load_for_inference(out_dir)
+    return generate(model, np.asarray([prompt], dtype=np.int64), task.answer_length, temperature=0)[0, len(prompt):]
+
+
+@pytest.mark.parametrize("prompt", ["2 0 1 1 0 2", "201102", "2,0,1,1,0,2"])
+def test_sample_answers_a_sort_problem(task_runs, prompt, capsys):
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(task_runs["sort"]), "--prompt", prompt]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    shown = re.fullmatch(r"sort 2 0 1 1 0 2 -> ([0-2](?: [0-2]){5})", lines[0])
+    assert shown, lines[0]
+    model_answer = greedy_answer(task_runs["sort"], [2, 0, 1, 1, 0, 2]).tolist()
+    assert shown.group(1) == " ".join(map(str, model_answer))          # what the model emitted, greedily
+    assert lines[1] == ("correct" if model_answer == [0, 0, 1, 1, 2, 2] else "wrong: the answer is 0 0 1 1 2 2")
+
+
+@pytest.mark.parametrize("prompt", ["37+85", "37 + 85 =", "3 7 8 5", "3785"])
+def test_sample_answers_an_addition_problem(task_runs, prompt, capsys):
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(task_runs["add"]), "--prompt", prompt]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2, lines
+    shown = re.fullmatch(r"37 \+ 85 = ([0-9]+) \(answer tokens, reversed: ([0-9]{3})\)", lines[0])
+    assert shown, lines[0]
+    emitted = greedy_answer(task_runs["add"], [3, 7, 8, 5]).tolist()
+    assert shown.group(2) == "".join(map(str, emitted))                 # the model's tokens, least significant first
+    assert int(shown.group(1)) == int(shown.group(2)[::-1])             # the number, in normal digit order
+    assert lines[1] == ("correct" if shown.group(1) == "122" else "wrong: the answer is 122")
+
+
+def test_sample_says_correct_when_the_model_is_right(task_runs, monkeypatch, capsys):
+    # an oracle in place of greedy decoding: the printed verdict follows the answer
+    import numgpt.sample
+    from numgpt.tasks import SortTask
+
+    def oracle(model, idx, max_new_tokens, **kwargs):
+        assert kwargs.get("temperature") == 0 and max_new_tokens == 6
+        return np.concatenate([idx, SortTask().solve(idx)], axis=1)
+
+    monkeypatch.setattr(numgpt.sample, "generate", oracle)
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(task_runs["sort"]), "--prompt", "1 2 0 2 1 0"]) == 0
+    assert capsys.readouterr().out == "sort 1 2 0 2 1 0 -> 0 0 1 1 2 2\ncorrect\n"
+
+
+@pytest.mark.parametrize("name, prompt, fragments", [
+    ("sort", "2 0 1", ["a sort problem is 6 digits from 0 to 2", "'2 0 1 1 0 2'", "got '2 0 1' (3 numbers)"]),
+    ("sort", "2 0 1 1 0 7", ["7 is not from 0 to 2"]),
+    ("add", "123+4", ["'A+B' with A and B from 0 to 99", "123 has more than 2 digit(s)"]),
+    ("add", "12*34", ["an addition problem is", "got '12*34'"]),
+    ("sort", "", ["synthetic-task checkpoint", "--prompt", "'2 0 1 1 0 2'"]),
+])
+def test_sample_rejects_a_malformed_task_problem(task_runs, name, prompt, fragments, capsys):
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(task_runs[name]), "--prompt", prompt]) == 1
+    err = assert_clean_error(capsys, "numgpt sample: error:", *fragments)
+    assert len(err.strip().splitlines()) == 1

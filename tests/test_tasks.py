@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from numgpt.tasks import TASKS, AdditionTask, SortTask, make_task
@@ -247,3 +247,91 @@ def test_make_task():
         make_task("reverse")
     with pytest.raises(TypeError, match="task 'add'.*n_digit"):
         make_task("add", n_digit=3)
+
+
+# --- typed problems: parse_prompt, format_answer (numgpt sample --prompt) ----------------------------
+
+@pytest.mark.parametrize("text", ["2 0 1 1 0 2", "201102", " 2,0, 1 1\t0 2 ", "2, 0, 1, 1, 0, 2"])
+def test_sort_parse_prompt_forms(text):
+    prompt = SortTask().parse_prompt(text)
+    assert prompt.dtype == np.int64 and prompt.tolist() == [2, 0, 1, 1, 0, 2]
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("2 0 1", "got '2 0 1' (3 numbers)"),
+    ("2011022", "(7 numbers)"),
+    ("", "(0 numbers)"),
+    ("2 0 1 1 0 3", "and 3 is not from 0 to 2"),
+    ("2 0 1 1 0 -1", "got '2 0 1 1 0 -1'"),
+    ("two 0 1 1 0 2", "got 'two 0 1 1 0 2'"),
+])
+def test_sort_parse_prompt_errors_name_the_expected_form(text, fragment):
+    with pytest.raises(ValueError) as info:
+        SortTask().parse_prompt(text)
+    message = str(info.value)
+    assert message.startswith("a sort problem is 6 digits from 0 to 2, separated by spaces or not, "
+                              "e.g. '2 0 1 1 0 2' or '201102'")
+    assert fragment in message
+
+
+def test_sort_with_more_than_ten_digits_needs_spaces():
+    task = SortTask(length=3, num_digits=12)
+    assert task.parse_prompt("11 0 7").tolist() == [11, 0, 7]
+    with pytest.raises(ValueError, match="3 numbers from 0 to 11 separated by spaces.*got '1107'"):
+        task.parse_prompt("1107")
+    with pytest.raises(ValueError, match="12 is not from 0 to 11"):
+        task.parse_prompt("12 0 7")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("37+85", [3, 7, 8, 5]), (" 37 + 85 = ", [3, 7, 8, 5]), ("3+4", [0, 3, 0, 4]), ("0+99", [0, 0, 9, 9]),
+    ("07+5", [0, 7, 0, 5]), ("3 7 8 5", [3, 7, 8, 5]), ("3785", [3, 7, 8, 5]), ("37 85", [3, 7, 8, 5]),
+])
+def test_addition_parse_prompt_forms(text, expected):
+    prompt = AdditionTask(n_digits=2).parse_prompt(text)
+    assert prompt.dtype == np.int64 and prompt.tolist() == expected
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("123+4", "123 has more than 2 digit(s)"),
+    ("37-85", "got '37-85'"),
+    ("378", "(3 digits)"),
+    ("5 7", "(2 digits)"),
+    ("+", "got '+'"),
+])
+def test_addition_parse_prompt_errors_name_the_expected_form(text, fragment):
+    with pytest.raises(ValueError) as info:
+        AdditionTask(n_digits=2).parse_prompt(text)
+    message = str(info.value)
+    assert message.startswith("an addition problem is 'A+B' with A and B from 0 to 99 (e.g. '37+85'), or the 4 "
+                              "prompt digits")
+    assert fragment in message
+
+
+@given(n_digits=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+def test_addition_parse_prompt_reads_every_form_of_a_problem(n_digits, seed):
+    task = AdditionTask(n_digits=n_digits)
+    prompts, answers = task.sample_problems(5, np.random.default_rng(seed))
+    a, b = task.operands(prompts)
+    for prompt, x, y, answer in zip(prompts, a, b, answers):
+        for text in (f"{x}+{y}", f"{x} + {y} =", " ".join(map(str, prompt)), "".join(map(str, prompt))):
+            assert task.parse_prompt(text).tolist() == prompt.tolist(), text
+        assert task.format_answer(answer) == str(x + y)
+
+
+@given(length=st.integers(1, 8), num_digits=st.integers(2, 10), seed=st.integers(0, 2**32 - 1))
+def test_sort_parse_prompt_reads_what_format_shows(length, num_digits, seed):
+    assume(num_digits**length >= 16)   # fewer problems may leave a split empty; the constructor refuses those
+    task = SortTask(length=length, num_digits=num_digits)
+    prompts, answers = task.sample_problems(5, np.random.default_rng(seed))
+    for prompt, answer in zip(prompts, answers):
+        shown = task.format_problem(prompt)                     # "sort 2 0 1 1 0 2 ->"
+        assert task.parse_prompt(shown[len("sort "):-len(" ->")]).tolist() == prompt.tolist()
+        assert task.format_answer(answer) == " ".join(map(str, answer))
+
+
+def test_parse_prompt_wants_a_string():
+    with pytest.raises(TypeError, match="prompt must be a str, got list"):
+        SortTask().parse_prompt([2, 0, 1, 1, 0, 2])
+    with pytest.raises(TypeError, match="prompt must be a str, got int"):
+        AdditionTask().parse_prompt(3785)
