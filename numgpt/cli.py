@@ -10,13 +10,13 @@ value, a value out of its range); 130 interrupted by Ctrl-C.
 """
 
 import argparse
-import dataclasses
 import difflib
-import errno
 import math
 import os
 import sys
 import warnings
+
+from ._oserror import describe_os_error
 
 # --- the parser --------------------------------------------------------------------------
 
@@ -256,7 +256,10 @@ def cmd_train(args):
     if settings.get("resume") and os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
         cfg = TrainConfig.resumed(**settings)     # the saved settings, overridden by the flags given
     else:
-        cfg = TrainConfig(**settings).validate()   # (train() says so if there is nothing to resume)
+        try:
+            cfg = TrainConfig(**settings).validate()   # (train() says so if there is nothing to resume)
+        except (TypeError, ValueError) as e:
+            raise UsageError(str(e)) from None
     result = train(cfg)
     if result.interrupted:
         how = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name
@@ -419,7 +422,7 @@ def build_parser():
     t = tsub.add_parser("train", help="train a BPE vocabulary, written in GPT-2's file format",
                         description="Train a byte-level BPE vocabulary, written in GPT-2's file format.")
     t.add_argument("--data", required=True, help="'default', 'shakespeare' or a UTF-8 text file")
-    t.add_argument("--vocab_size", type=_int, required=True, limits=Limits(1, integer=True),
+    t.add_argument("--vocab_size", type=_int, required=True, limits=Limits(257, integer=True),
                    help="tokens in the vocabulary: the 256 bytes, the end-of-text token and the merges")
     t.add_argument("--out", required=True, help="directory for vocab.json and merges.txt")
     t.set_defaults(func=cmd_tokenizer_train)
@@ -437,57 +440,6 @@ def build_parser():
     return parser
 
 
-def _blocking_file(path):
-    """The first ancestor of ``path`` (or ``path`` itself) that exists but is not a directory, or None.
-
-    Ancestors are spelt as in ``path``, so a relative path gives a relative answer, as the user typed it.
-    """
-    candidates = []
-    while path and path not in candidates:
-        candidates.append(path)
-        path = os.path.dirname(path)
-    for candidate in reversed(candidates):
-        if os.path.lexists(candidate) and not os.path.isdir(candidate):
-            return candidate
-    return None
-
-
-def describe_os_error(e):
-    """One sentence for an OSError: what is wrong (naming the path) and, where it helps, what to do.
-
-    A message numgpt wrote itself (an OSError whose text is not the system's
-    wording for its errno) is kept as it is.
-    """
-    name = e.filename if e.filename is not None else e.filename2
-    path = os.fsdecode(name) if isinstance(name, (str, bytes, os.PathLike)) else None
-    shown = path if path is not None else "a file"
-    code = e.errno
-    system_text = os.strerror(code) if isinstance(code, int) else None
-    if code is None or e.strerror is None or e.strerror != system_text:
-        return str(e.strerror) if e.strerror is not None else (str(e) or type(e).__name__)
-    if code == errno.ENOENT:
-        return f"no such file or directory: {shown}"
-    if code in (errno.EEXIST, errno.ENOTDIR):
-        blocker = _blocking_file(path) if path is not None else None
-        if blocker is not None and os.path.normpath(blocker) != os.path.normpath(path):
-            return (f"{blocker} exists and is not a directory, so {path} cannot be made; "
-                    f"remove or rename it, or choose another path")
-        if code == errno.EEXIST and path is not None and os.path.isdir(path):
-            return f"{path} already exists; choose another path"
-        return f"{shown} exists and is not a directory; remove or rename it, or choose another path"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied: {shown} (check its permissions or choose another path)"
-    if code in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
-        return f"the disk is full while writing {shown}: free some space and try again, or choose another path"
-    if code == errno.EROFS:
-        return f"{shown} is on a read-only file system; choose another path"
-    if code == errno.EISDIR:
-        return f"{shown} is a directory, but a file is needed there"
-    if code == errno.ENAMETOOLONG:
-        return f"the file name is too long: {shown}"
-    return f"{e.strerror[:1].lower()}{e.strerror[1:]}: {shown}" if path is not None else e.strerror
-
-
 def _show_warning(command):
     """A ``warnings.showwarning`` that prints one line, ``numgpt COMMAND: warning: MESSAGE``."""
     def show(message, category, filename, lineno, file=None, line=None):
@@ -497,6 +449,10 @@ def _show_warning(command):
         except (OSError, ValueError):     # no usable stderr: a warning is not worth a crash
             pass
     return show
+
+
+class UsageError(ValueError):
+    """A setting out of its range, found after parsing (reported as a usage error, exit code 2)."""
 
 
 def main(argv=None):
@@ -509,6 +465,9 @@ def main(argv=None):
     warnings.showwarning = _show_warning(command)
     try:
         return args.func(args)
+    except UsageError as e:
+        print(f"numgpt {command}: error: {e}", file=sys.stderr)
+        return 2
     except (DataError, CheckpointError, ValueError, TypeError, OSError, ImportError) as e:
         # Expected failures (bad data, flags, files) get one clear line, not a traceback;
         # NUMGPT_TRACEBACK=1 shows the traceback (for debugging numgpt itself).

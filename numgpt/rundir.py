@@ -29,6 +29,7 @@ import socket
 import time
 
 from ._atomic import atomic_writer
+from ._oserror import describe_os_error as _describe
 from .checkpoint import CHECKPOINT_NAME
 
 try:
@@ -45,17 +46,8 @@ class RunDirError(ValueError):
 
 
 def describe_os_error(err, action, path=None):
-    """One sentence for an OSError met while ``action``; ``path`` names the file when the error does not."""
-    path = err.filename if err.filename is not None else (path or "the file")
-    if err.errno in (errno.EEXIST, errno.ENOTDIR):
-        return f"{action}: {path} exists and is not a directory; choose another --out_dir or move the file"
-    if err.errno in (errno.EACCES, errno.EPERM):
-        return f"{action}: permission denied for {path}; check its permissions or choose another --out_dir"
-    if err.errno == errno.EROFS:
-        return f"{action}: {path} is on a read-only file system; choose another --out_dir"
-    if err.errno == errno.ENOSPC or err.errno == getattr(errno, "EDQUOT", None):
-        return f"{action}: the disk is full (or over quota) at {path}; free some space"
-    return f"{action}: {err.strerror or err} ({path})"
+    """``"ACTION: what is wrong"`` for an OSError met while ``action``; ``path`` names the file if the error does not."""
+    return f"{action}: {_describe(err, path)}"
 
 
 class RunDirectory:

@@ -138,7 +138,7 @@ def test_argparse_rejects_bad_flags(argv, fragment, capsys):
 ])
 def test_bad_values_give_one_line_errors(textfile, tmp_path, extra, fragment, capsys):
     out = tmp_path / "out"
-    assert main(train_args(textfile, out, "--max_iters", "2", *extra)) == 1
+    assert main(train_args(textfile, out, "--max_iters", "2", *extra)) == 2      # a usage error
     err = assert_clean_error(capsys, "numgpt train: error:", fragment)
     assert len(err.strip().splitlines()) == 1
     assert not (out / "ckpt.npz").exists()

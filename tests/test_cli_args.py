@@ -199,7 +199,7 @@ def test_top_level_help_describes_every_command(capsys):
     (["sample", "--temperature", "nan"], "--temperature must be a finite number >= 0, got nan"),
     (["sample", "--seed", "-2"], "--seed must be an integer >= 0, got -2"),
     (["tokenizer", "train", "--data", "default", "--out", "tok", "--vocab_size", "-5"],
-     "--vocab_size must be a positive integer, got -5"),
+     "--vocab_size must be an integer >= 257, got -5"),
 ])
 def test_range_errors_exit_2_naming_flag_range_and_value(argv, message, capsys):
     err = usage_error(argv, capsys)

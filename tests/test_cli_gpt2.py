@@ -157,10 +157,12 @@ def test_tokenizer_train_writes_loadable_gpt2_files(textfile, text, bpe, tmp_pat
 @pytest.mark.parametrize("vocab_size", ["1", "100", "256"])
 def test_tokenizer_train_vocab_size_too_small(textfile, tmp_path, vocab_size, capsys):
     out = tmp_path / "tok"
-    assert main(["tokenizer", "train", "--data", str(textfile), "--vocab_size", vocab_size,
-                 "--out", str(out)]) == 1
-    err = assert_clean_error(capsys, "numgpt tokenizer: error:", "vocab_size", "257", vocab_size)
-    assert len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as info:            # a usage error, found by the parser
+        main(["tokenizer", "train", "--data", str(textfile), "--vocab_size", vocab_size, "--out", str(out)])
+    assert info.value.code == 2
+    err = assert_clean_error(capsys, "numgpt tokenizer train: error:", "vocab_size", "257", vocab_size)
+    assert err.strip().splitlines()[-1] == \
+        f"numgpt tokenizer train: error: --vocab_size must be an integer >= 257, got {vocab_size}"
     assert not (out / "vocab.json").exists()
 
 
@@ -234,7 +236,7 @@ def test_train_with_bpe_then_sample(textfile, text, bpe, tmp_path, capsys):
 def test_train_bpe_vocab_size_too_small(textfile, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--data", str(textfile), "--out_dir", str(out), "--tokenizer", "bpe",
-                 "--vocab_size", "200", "--max_iters", "1", *TINY_FLAGS]) == 1
+                 "--vocab_size", "200", "--max_iters", "1", *TINY_FLAGS]) == 2      # a usage error
     assert_clean_error(capsys, "numgpt train: error:", "vocab_size", "200")
     assert not (out / "ckpt.npz").exists()
 

@@ -226,8 +226,9 @@ def test_failed_checkpoint_write_keeps_the_previous_one(textfile, tmp_path, monk
     with pytest.raises(TrainingError) as err:
         train(tiny(textfile, out, eval_interval=4), log=quiet)
     message = str(err.value)
-    assert message.startswith(f"could not save the checkpoint at iteration 4: the disk is full (or over quota) "
-                              f"at {path}; free some space; the previous checkpoint (iteration 0) is intact.")
+    assert message.startswith(f"could not save the checkpoint at iteration 4: the disk is full while writing "
+                              f"{path}: free some space and try again, or choose another path; the previous "
+                              f"checkpoint (iteration 0) is intact.")
     assert f"numgpt train --resume --out_dir {out}" in message
     assert path.read_bytes() == state["before"]
     assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
