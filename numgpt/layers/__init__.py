@@ -26,3 +26,9 @@ __all__ = [
     "softmax_forward", "softmax_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
 ]
+
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+
+__all__ += [
+    "rmsnorm_forward", "rmsnorm_backward",
+]
