@@ -28,7 +28,9 @@ __all__ = [
 ]
 
 from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .rope import rope_backward, rope_forward
 
 __all__ += [
     "rmsnorm_forward", "rmsnorm_backward",
+    "rope_forward", "rope_backward",
 ]
