@@ -18,10 +18,12 @@ Muon (Keller Jordan, 2024; the optimizer of the modded-nanoGPT speedrun) updates
 :math:`X_0 = U / (\lVert U \rVert_F + 10^{-7})`, run on the wide orientation
 (a tall matrix is transposed first and back at the end). If :math:`U = P S Q^\top`
 (singular value decomposition), every step keeps :math:`P` and :math:`Q` and maps
-each singular value :math:`s` to :math:`a s + b s^3 + c s^5`; these
+each singular value :math:`s` to :math:`a s + b s^3 + c s^5`. These
 coefficients drive every singular value that is not tiny into a band around 1
-(measured: about [0.68, 1.13]), so :math:`O \approx P Q^\top` with every
-direction of the update given a step of about the same size.
+rather than onto 1: after five steps, every singular value at least 2e-3 of
+the Frobenius norm ends in [0.68, 1.21] (at least 1e-2: [0.68, 1.14]), so
+:math:`O \approx P Q^\top`, every direction of the update given a step of
+about the same size. Smaller ones are multiplied by at most :math:`a^5 \approx 485`.
 
 This is the reference's arithmetic (Keller Jordan's ``Muon`` repository:
 ``muon_update`` and ``zeropower_via_newtonschulz5``), with two differences. The
