@@ -10,7 +10,7 @@ Muon (Keller Jordan, 2024; the optimizer of the modded-nanoGPT speedrun) updates
 
     O = \mathrm{NS}_5(U) \approx \text{the polar factor of } U
 
-    W \leftarrow W (1 - \eta \lambda) - \eta \sqrt{\max(1, \text{rows}/\text{cols})}\; O
+    W \leftarrow W (1 - \eta \lambda) - \eta \sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}\; O
 
 :math:`\mathrm{NS}_5` is five steps of the quintic Newton-Schulz iteration
 :math:`X \leftarrow a X + b (X X^\top) X + c (X X^\top)^2 X` with
@@ -26,7 +26,11 @@ the Frobenius norm ends in [0.68, 1.21] (at least 1e-2: [0.68, 1.14]), so
 about the same size. Smaller ones are multiplied by at most :math:`a^5 \approx 485`.
 
 This is the reference's arithmetic (Keller Jordan's ``Muon`` repository:
-``muon_update`` and ``zeropower_via_newtonschulz5``), with two differences. The
+``muon_update`` and ``zeropower_via_newtonschulz5``), whose scale is
+``max(1, rows/cols)**0.5`` of a PyTorch weight, stored (fan_out, fan_in). numgpt
+stores its linear weights the other way round, (fan_in, fan_out), as GPT-2 does;
+``layout`` says which one a matrix uses (default ``"in_out"``, numgpt's), so
+that the scale is the reference's for either. Two more differences. The
 reference runs the iteration in bfloat16, which NumPy does not have; here it
 runs in the dtype of the update (float32 in training, float64 in the tests).
 And the reference's ``grad.lerp_`` overwrites the gradient with U; here the
@@ -42,6 +46,7 @@ import numpy as np
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 NS_STEPS = 5
 NS_EPS = 1e-7
+LAYOUTS = ("in_out", "out_in")      # numgpt's (fan_in, fan_out) weights; PyTorch's (fan_out, fan_in)
 
 
 def _check_matrix(name, x):
@@ -75,15 +80,24 @@ def newton_schulz(G, steps=NS_STEPS, coefficients=NS_COEFFICIENTS, eps=NS_EPS):
     return np.ascontiguousarray(X.T) if tall else X
 
 
-def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS):
+def update_scale(shape, layout="in_out"):
+    """``sqrt(max(1, fan_out / fan_in))`` of a weight of ``shape`` stored in ``layout``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    fan_in, fan_out = shape if layout == "in_out" else shape[::-1]
+    return math.sqrt(max(1.0, fan_out / fan_in))
+
+
+def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS, layout="in_out"):
     """One Muon direction for the 2-D ``grad``; updates the ``momentum`` buffer in place.
 
-    Returns ``sqrt(max(1, rows/cols)) * newton_schulz(U)`` with ``U`` the
-    Nesterov (or plain) momentum of the module docstring. The parameter moves by
-    ``-lr`` times it.
+    Returns ``update_scale(grad.shape, layout) * newton_schulz(U)`` with ``U``
+    the Nesterov (or plain) momentum of the module docstring. The parameter
+    moves by ``-lr`` times it.
     """
     _check_matrix("grad", grad)
     _check_matrix("momentum", momentum)
+    scale = update_scale(grad.shape, layout)
     if momentum.shape != grad.shape or momentum.dtype != grad.dtype:
         raise ValueError(f"momentum must match grad's shape {grad.shape} and dtype {grad.dtype}, "
                          f"got {momentum.shape} {momentum.dtype}")
@@ -93,9 +107,8 @@ def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS):
         update = (1.0 - beta) * grad + beta * momentum   # U = (1 - beta) G + beta M
     else:
         update = momentum
-    rows, cols = grad.shape
     ortho = newton_schulz(update, steps)
-    ortho *= math.sqrt(max(1.0, rows / cols))
+    ortho *= scale
     return ortho
 
 
@@ -105,11 +118,12 @@ class Muon:
     ``params`` and ``grads`` are lists of 2-D arrays of matching shapes and
     dtypes (views into a model's flat buffers work: they are updated in place).
     Defaults are the reference's: ``lr`` 0.02, ``momentum`` 0.95, Nesterov,
-    five Newton-Schulz steps, no weight decay.
+    five Newton-Schulz steps, no weight decay. ``layout`` is how every matrix
+    is stored: ``"in_out"`` (numgpt's linear weights) or ``"out_in"`` (PyTorch's).
     """
 
     def __init__(self, params, grads, lr=0.02, momentum=0.95, nesterov=True, steps=NS_STEPS,
-                 weight_decay=0.0):
+                 weight_decay=0.0, layout="in_out"):
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
             raise ValueError(f"params and grads must pair up, got {len(params)} params and {len(grads)} grads")
@@ -125,6 +139,9 @@ class Muon:
             raise ValueError(f"lr must be >= 0, got {lr}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
         self.params, self.grads = params, grads
         self.lr, self.momentum, self.nesterov = lr, momentum, bool(nesterov)
         self.steps, self.weight_decay = steps, weight_decay
@@ -136,7 +153,7 @@ class Muon:
         lr = self.lr if lr is None else lr
         self.t += 1
         for p, g, m in zip(self.params, self.grads, self.buffers):
-            update = muon_update(g, m, self.momentum, self.nesterov, self.steps)
+            update = muon_update(g, m, self.momentum, self.nesterov, self.steps, self.layout)
             if self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
             update *= lr

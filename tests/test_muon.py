@@ -185,7 +185,10 @@ def test_negative_controls_the_band_tests_reject():
 
 
 def reference_muon_update(grad, momentum, beta, nesterov):
-    """Keller Jordan's muon_update, in its lerp form (torch's a.lerp_(b, w) is a + w (b - a))."""
+    """Keller Jordan's muon_update, in its lerp form (torch's a.lerp_(b, w) is a + w (b - a)).
+
+    ``grad`` is a PyTorch weight's gradient, (fan_out, fan_in).
+    """
     momentum = momentum + (1 - beta) * (grad - momentum)
     update = grad + beta * (momentum - grad) if nesterov else momentum
     rows, cols = grad.shape
@@ -199,31 +202,38 @@ def test_muon_update_matches_the_reference(shape, nesterov):
     grad, momentum = rng.standard_normal((2,) + shape)
     grad_before = grad.copy()
     want, want_momentum = reference_muon_update(grad, momentum, 0.95, nesterov)
-    got = muon_update(grad, momentum, beta=0.95, nesterov=nesterov)
+    got = muon_update(grad, momentum, beta=0.95, nesterov=nesterov, layout="out_in")
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)
     np.testing.assert_allclose(momentum, want_momentum, rtol=1e-14)
     np.testing.assert_array_equal(grad, grad_before)              # the gradient is left alone
 
 
-def test_update_scale_is_sqrt_of_rows_over_cols_for_tall_matrices_only():
+def test_update_scale_is_sqrt_of_fan_out_over_fan_in_when_above_one():
     rng = np.random.default_rng(11)
-    for shape, scale in [((64, 16), 2.0), ((16, 64), 1.0), ((16, 16), 1.0)]:
+    # GPT-2's c_fc maps C to 4C: numgpt stores it (C, 4C), PyTorch (4C, C); both get sqrt(4) = 2.
+    for shape, layout, scale in [((16, 64), "in_out", 2.0), ((64, 16), "out_in", 2.0),
+                                 ((64, 16), "in_out", 1.0), ((16, 64), "out_in", 1.0), ((16, 16), "in_out", 1.0)]:
         grad = rng.standard_normal(shape)
-        got = muon_update(grad, np.zeros(shape), beta=0.0)
+        got = muon_update(grad, np.zeros(shape), beta=0.0, layout=layout)
         np.testing.assert_allclose(got, scale * newton_schulz(grad), rtol=1e-15)
+    W = np.zeros((16, 64))
+    opt = Muon([W], [np.ones_like(W)], lr=1.0, momentum=0.0)
+    opt.step()
+    np.testing.assert_allclose(np.linalg.norm(W, ord=2), 2.0 * scalar_map(1.0), rtol=1e-6)   # rank 1: phi(1)
 
 
 def least_squares(dtype, seed=12):
+    """Fit Y = X W_true with W (32, 16), numgpt's (fan_in, fan_out) layout: the update scale is 1."""
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((32, 256))
-    Y = rng.standard_normal((16, 32)) / math.sqrt(32) @ X
-    W = np.zeros((16, 32), dtype=dtype)
+    X = rng.standard_normal((256, 32))
+    Y = X @ rng.standard_normal((32, 16)) / math.sqrt(32)
+    W = np.zeros((32, 16), dtype=dtype)
     G = np.zeros_like(W)
 
     def loss_and_grad():
-        R = W @ X - Y                                         # (16, 256)
-        G[...] = R @ X.T / X.shape[1]
-        return 0.5 * float(np.mean(np.sum(R * R, axis=0)))
+        R = X @ W - Y                                         # (256, 16)
+        G[...] = X.T @ R / X.shape[0]
+        return 0.5 * float(np.mean(np.sum(R * R, axis=1)))
     return W, G, loss_and_grad
 
 
@@ -297,5 +307,9 @@ def test_bad_inputs_name_the_argument():
     with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\), got 1.0"):
         Muon([np.ones((2, 2))], [np.ones((2, 2))], momentum=1.0)
     opt = Muon([np.ones((2, 2))], [np.ones((2, 2))])
+    with pytest.raises(ValueError, match=r"layout must be one of \('in_out', 'out_in'\), got 'io'"):
+        muon_update(np.ones((2, 3)), np.ones((2, 3)), layout="io")
+    with pytest.raises(ValueError, match=r"layout must be one of"):
+        Muon([np.ones((2, 2))], [np.ones((2, 2))], layout="transposed")
     with pytest.raises(ValueError, match=r"optimizer state does not match"):
         opt.load_state_dict({"buffers": [np.ones((3, 2))], "t": 1})
