@@ -36,7 +36,7 @@ runs in the dtype of the update (float32 in training, float64 in the tests).
 And the reference's ``grad.lerp_`` overwrites the gradient with U; here the
 gradient is left alone. Muon is meant for the 2-D weight matrices of the hidden
 layers; embeddings, the output head, gains and biases stay with AdamW, as in
-the reference. Derivation and why it works: docs/derivations/muon.md.
+the reference. Derivation and why it works: docs/derivations/optim/muon.md.
 """
 
 import math
@@ -71,7 +71,7 @@ def newton_schulz(G, steps=NS_STEPS, coefficients=NS_COEFFICIENTS, eps=NS_EPS):
     a, b, c = (float(k) for k in coefficients)
     tall = G.shape[0] > G.shape[1]
     X = G.T if tall else G                         # (m, n) with m <= n: X X^T is the smaller Gram matrix
-    # The norm in float64, applied as a Python float: the iteration itself stays in G's dtype.
+    # The norm as a Python float, so that the division keeps G's dtype (NEP 50).
     X = X * (1.0 / (math.sqrt(float(np.vdot(X, X))) + eps))
     for _ in range(steps):
         A = X @ X.T                                # (m, m), X X^T

@@ -313,3 +313,34 @@ def test_bad_inputs_name_the_argument():
         Muon([np.ones((2, 2))], [np.ones((2, 2))], layout="transposed")
     with pytest.raises(ValueError, match=r"optimizer state does not match"):
         opt.load_state_dict({"buffers": [np.ones((3, 2))], "t": 1})
+
+
+# -- the derivation page ---------------------------------------------------------------------
+
+
+def _derivation_docs():
+    """tests/test_derivation_docs.py as a module: its quote matcher and page parser."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent / "test_derivation_docs.py"
+    spec = importlib.util.spec_from_file_location("_derivation_docs_for_muon", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_muon_page_examples_run_and_its_code_quotes_appear_in_muon_py():
+    docs = _derivation_docs()
+    page = docs.ROOT / "docs" / "derivations" / "optim" / "muon.md"
+    text = page.read_text(encoding="utf-8")
+    quotes = docs.code_quotes(text)
+    assert len(quotes) >= 8
+    source = [docs.code_without_comments_and_docstrings(docs.ROOT / "numgpt" / "muon.py")]
+    missing = [q for q in quotes if not docs.quote_found(q, source)]
+    assert not missing, f"code quotes of {page.name} not in numgpt/muon.py: {missing}"
+    blocks = docs.PYTHON_BLOCK.findall(text)
+    assert blocks
+    for code in blocks:
+        exec(compile(code, str(page), "exec"), {"__name__": "muon_page_example"})
+    assert not docs.quote_found("X = a * X - B @ X", source)        # the matcher can fail
