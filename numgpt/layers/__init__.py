@@ -26,3 +26,15 @@ __all__ = [
     "softmax_forward", "softmax_backward",
     "softmax_cross_entropy_forward", "softmax_cross_entropy_backward",
 ]
+
+from .relu_squared import relu_squared_backward, relu_squared_forward
+from .rmsnorm import rmsnorm_backward, rmsnorm_forward
+from .rope import rope_backward, rope_forward
+from .swiglu import swiglu_backward, swiglu_forward
+
+__all__ += [
+    "relu_squared_forward", "relu_squared_backward",
+    "rmsnorm_forward", "rmsnorm_backward",
+    "rope_forward", "rope_backward",
+    "swiglu_forward", "swiglu_backward",
+]

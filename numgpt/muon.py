@@ -1,0 +1,172 @@
+r"""Muon: momentum, then an approximate orthogonalisation of each weight matrix's update.
+
+Muon (Keller Jordan, 2024; the optimizer of the modded-nanoGPT speedrun) updates a
+2-D weight :math:`W` (rows by cols) with gradient :math:`G` as, for step t = 1, 2, ...:
+
+.. math::
+    M \leftarrow \beta M + (1 - \beta) G \qquad \text{(momentum, an exponential average)}
+
+    U = (1 - \beta) G + \beta M \qquad \text{(Nesterov; } U = M \text{ without it)}
+
+    O = \mathrm{NS}_5(U) \approx \text{the polar factor of } U
+
+    W \leftarrow W (1 - \eta \lambda) - \eta \sqrt{\max(1, \text{fan\_out}/\text{fan\_in})}\; O
+
+:math:`\mathrm{NS}_5` is five steps of the quintic Newton-Schulz iteration
+:math:`X \leftarrow a X + b (X X^\top) X + c (X X^\top)^2 X` with
+:math:`(a, b, c) = (3.4445, -4.7750, 2.0315)`, started from
+:math:`X_0 = U / (\lVert U \rVert_F + 10^{-7})`, run on the wide orientation
+(a tall matrix is transposed first and back at the end). If :math:`U = P S Q^\top`
+(singular value decomposition), every step keeps :math:`P` and :math:`Q` and maps
+each singular value :math:`s` to :math:`a s + b s^3 + c s^5`. These
+coefficients drive every singular value that is not tiny into a band around 1
+rather than onto 1: after five steps, every singular value at least 2e-3 of
+the Frobenius norm ends in [0.68, 1.21] (at least 1e-2: [0.68, 1.14]), so
+:math:`O \approx P Q^\top`, every direction of the update given a step of
+about the same size. Smaller ones are multiplied by at most :math:`a^5 \approx 485`.
+
+This is the reference's arithmetic (Keller Jordan's ``Muon`` repository:
+``muon_update`` and ``zeropower_via_newtonschulz5``), whose scale is
+``max(1, rows/cols)**0.5`` of a PyTorch weight, stored (fan_out, fan_in). numgpt
+stores its linear weights the other way round, (fan_in, fan_out), as GPT-2 does;
+``layout`` says which one a matrix uses (default ``"in_out"``, numgpt's), so
+that the scale is the reference's for either. Two more differences. The
+reference runs the iteration in bfloat16, which NumPy does not have; here it
+runs in the dtype of the update (float32 in training, float64 in the tests).
+And the reference's ``grad.lerp_`` overwrites the gradient with U; here the
+gradient is left alone. Muon is meant for the 2-D weight matrices of the hidden
+layers; embeddings, the output head, gains and biases stay with AdamW, as in
+the reference. Derivation and why it works: docs/derivations/optim/muon.md.
+"""
+
+import math
+
+import numpy as np
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+NS_STEPS = 5
+NS_EPS = 1e-7
+LAYOUTS = ("in_out", "out_in")      # numgpt's (fan_in, fan_out) weights; PyTorch's (fan_out, fan_in)
+
+
+def _check_matrix(name, x):
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D matrix, got shape {x.shape}")
+
+
+def newton_schulz(G, steps=NS_STEPS, coefficients=NS_COEFFICIENTS, eps=NS_EPS):
+    """Approximate polar factor of the 2-D ``G``: ``P Q^T`` of ``G = P S Q^T``, in ``G``'s dtype.
+
+    Each singular value of ``G / (||G||_F + eps)`` goes through the scalar map
+    ``s -> a s + b s^3 + c s^5`` ``steps`` times; the singular vectors are kept.
+    A zero matrix maps to zeros.
+    """
+    _check_matrix("G", G)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    a, b, c = (float(k) for k in coefficients)
+    tall = G.shape[0] > G.shape[1]
+    X = G.T if tall else G                         # (m, n) with m <= n: X X^T is the smaller Gram matrix
+    # The norm as a Python float, so that the division keeps G's dtype (NEP 50).
+    X = X * (1.0 / (math.sqrt(float(np.vdot(X, X))) + eps))
+    for _ in range(steps):
+        A = X @ X.T                                # (m, m), X X^T
+        B = b * A + c * (A @ A)                    # (m, m), b A + c A^2
+        X = a * X + B @ X                          # (m, n), a X + b A X + c A^2 X
+    return np.ascontiguousarray(X.T) if tall else X
+
+
+def update_scale(shape, layout="in_out"):
+    """``sqrt(max(1, fan_out / fan_in))`` of a weight of ``shape`` stored in ``layout``."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    fan_in, fan_out = shape if layout == "in_out" else shape[::-1]
+    return math.sqrt(max(1.0, fan_out / fan_in))
+
+
+def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS, layout="in_out"):
+    """One Muon direction for the 2-D ``grad``; updates the ``momentum`` buffer in place.
+
+    Returns ``update_scale(grad.shape, layout) * newton_schulz(U)`` with ``U``
+    the Nesterov (or plain) momentum of the module docstring. The parameter
+    moves by ``-lr`` times it.
+    """
+    _check_matrix("grad", grad)
+    _check_matrix("momentum", momentum)
+    scale = update_scale(grad.shape, layout)
+    if momentum.shape != grad.shape or momentum.dtype != grad.dtype:
+        raise ValueError(f"momentum must match grad's shape {grad.shape} and dtype {grad.dtype}, "
+                         f"got {momentum.shape} {momentum.dtype}")
+    momentum *= beta
+    momentum += (1.0 - beta) * grad                # M = beta M + (1 - beta) G
+    if nesterov:
+        update = (1.0 - beta) * grad + beta * momentum   # U = (1 - beta) G + beta M
+    else:
+        update = momentum
+    ortho = newton_schulz(update, steps)
+    ortho *= scale
+    return ortho
+
+
+class Muon:
+    """Muon over a list of 2-D parameters, each updated in place from its gradient.
+
+    ``params`` and ``grads`` are lists of 2-D arrays of matching shapes and
+    dtypes (views into a model's flat buffers work: they are updated in place).
+    Defaults are the reference's: ``lr`` 0.02, ``momentum`` 0.95, Nesterov,
+    five Newton-Schulz steps, no weight decay. ``layout`` is how every matrix
+    is stored: ``"in_out"`` (numgpt's linear weights) or ``"out_in"`` (PyTorch's).
+    """
+
+    def __init__(self, params, grads, lr=0.02, momentum=0.95, nesterov=True, steps=NS_STEPS,
+                 weight_decay=0.0, layout="in_out"):
+        params, grads = list(params), list(grads)
+        if len(params) != len(grads):
+            raise ValueError(f"params and grads must pair up, got {len(params)} params and {len(grads)} grads")
+        for i, (p, g) in enumerate(zip(params, grads)):
+            _check_matrix(f"params[{i}]", p)
+            _check_matrix(f"grads[{i}]", g)
+            if p.shape != g.shape or p.dtype != g.dtype:
+                raise ValueError(f"params[{i}] {p.shape} {p.dtype} and grads[{i}] {g.shape} {g.dtype} "
+                                 "must share shape and dtype")
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        if not lr >= 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if not weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        self.layout = layout
+        self.params, self.grads = params, grads
+        self.lr, self.momentum, self.nesterov = lr, momentum, bool(nesterov)
+        self.steps, self.weight_decay = steps, weight_decay
+        self.buffers = [np.zeros_like(p) for p in params]
+        self.t = 0
+
+    def step(self, lr=None):
+        """One update of every parameter with learning rate ``lr`` (default ``self.lr``)."""
+        lr = self.lr if lr is None else lr
+        self.t += 1
+        for p, g, m in zip(self.params, self.grads, self.buffers):
+            update = muon_update(g, m, self.momentum, self.nesterov, self.steps, self.layout)
+            if self.weight_decay:
+                p *= 1.0 - lr * self.weight_decay
+            update *= lr
+            p -= update
+
+    def state_dict(self):
+        return {"buffers": [m.copy() for m in self.buffers], "t": int(self.t)}
+
+    def load_state_dict(self, state):
+        buffers = state["buffers"]
+        if len(buffers) != len(self.buffers) or any(a.shape != m.shape for a, m in zip(buffers, self.buffers)):
+            raise ValueError("optimizer state does not match the parameters' shapes: "
+                             f"{[a.shape for a in buffers]} vs {[m.shape for m in self.buffers]}")
+        for m, a in zip(self.buffers, buffers):
+            m[...] = a
+        self.t = int(state["t"])
