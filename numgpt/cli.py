@@ -6,7 +6,8 @@ layer over a function a notebook can call directly.
 Exit status: 0 success; 1 a failure found while working (bad data, a missing
 or unreadable file, a failed gradient check, a training error); 2 a usage
 error found while parsing the command line (an unknown flag, a malformed
-value, a value out of its range); 130 interrupted by Ctrl-C.
+value, a value out of its range); 130 interrupted by Ctrl-C; 143 stopped by
+SIGTERM (numgpt train saves its checkpoint first).
 """
 
 import argparse
