@@ -245,11 +245,9 @@ def _float(text):
 
 
 def cmd_train(args):
-    import signal
-
     from .checkpoint import CHECKPOINT_NAME
     from .config import TrainConfig, load_config_file
-    from .train import train
+    from .train import StopSignals, train
 
     settings = load_config_file(args.config) if args.config else {}
     settings.update({k: v for k, v in vars(args).items() if k not in ("command", "func", "config")})
@@ -261,7 +259,16 @@ def cmd_train(args):
             cfg = TrainConfig(**settings).validate()   # (train() says so if there is nothing to resume)
         except (TypeError, ValueError) as e:
             raise UsageError(str(e)) from None
-    result = train(cfg)
+    # The CLI's own signal guard outlives train(): a second Ctrl-C or SIGTERM that arrives after the
+    # checkpoint is saved (workers closing, this message) is absorbed, not a traceback or a kill.
+    with StopSignals() as stop:
+        result = train(cfg, stop=stop)
+        return _report_training(result, cfg)
+
+
+def _report_training(result, cfg):
+    import signal
+
     if result.interrupted:
         how = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name
         print(f"stopped by {how} at iteration {result.iter_num}; resume with: "
@@ -301,23 +308,15 @@ def cmd_sample(args):
 
 
 def _answer_task_problem(model, task, args):
-    """Greedy-decode the answer to the problem typed as --prompt; print it and whether it is right."""
-    import numpy as np
-
-    from .sample import generate
+    """Print the model's greedy answer to the problem typed as --prompt, and whether it is right."""
+    from .sample import answer_problem
 
     if not args.prompt.strip():
         raise ValueError(f"{args.out_dir} holds a synthetic-task checkpoint ({task!r}): give the problem "
                          f"with --prompt, {task.prompt_form()}")
-    prompt = task.parse_prompt(args.prompt)
-    out = generate(model, prompt[None, :], task.answer_length, temperature=0)
-    answer = out[0, task.prompt_length:]
+    prompt, answer, expected = answer_problem(model, task, args.prompt)
     print(task.format_problem(prompt, answer))
-    expected = task.solve(prompt[None, :])[0]
-    if np.array_equal(answer, expected):
-        print("correct")
-    else:
-        print(f"wrong: the answer is {task.format_answer(expected)}")
+    print("correct" if (answer == expected).all() else f"wrong: the answer is {task.format_answer(expected)}")
     return 0
 
 
@@ -483,9 +482,10 @@ def main(argv=None):
             print(f"numgpt {command}: {e}", file=sys.stderr)
             return 1
         raise
-    except KeyboardInterrupt:
-        print(f"numgpt {command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)              # train.Stopped carries the signal it stopped for
+        print(f"numgpt {command}: interrupted" + (f" ({e})" if str(e) else ""), file=sys.stderr)
+        return 128 + int(signum)
     finally:
         warnings.showwarning = previous_showwarning
 

@@ -123,3 +123,14 @@ def generate_text(model, tokenizer, prompt="", *, num_samples=1, max_new_tokens=
         cut = min((text.find(s) for s in stops if s in text), default=-1)
         texts.append(head + (text[:cut] if cut >= 0 else text))
     return texts
+
+
+def answer_problem(model, task, text):
+    """A synthetic task's problem typed as ``text``: ``(prompt ids, the model's greedy answer, the right answer)``.
+
+    ``task`` is a :class:`numgpt.tasks.Task`; it parses ``text`` (raising
+    ValueError that names the accepted forms) and knows the right answer.
+    """
+    prompt = task.parse_prompt(text)                                      # (P,)
+    out = generate(model, prompt[None, :], task.answer_length, temperature=0)
+    return prompt, out[0, task.prompt_length:], task.solve(prompt[None, :])[0]

@@ -33,6 +33,7 @@ evaluation batches come from generators seeded by (seed, iteration). A
 resumed run therefore reproduces the losses of an uninterrupted one exactly.
 """
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -53,7 +54,7 @@ from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout
 from .rundir import METRICS_NAME, RunDirectory, describe_os_error
 from .sample import generate, generate_text
 
-__all__ = ["train", "TrainConfig", "TrainResult", "TrainingError", "load_config_file", "estimate_loss",
+__all__ = ["train", "TrainConfig", "TrainResult", "TrainingError", "StopSignals", "Stopped", "load_config_file", "estimate_loss",
            "CHECKPOINT_NAME", "METRICS_NAME"]
 
 
@@ -76,62 +77,70 @@ class TrainResult:
     stop_signal: int = None      # signal.SIGINT or signal.SIGTERM if one stopped the run
 
 
-def train(cfg, log=print):
+def train(cfg, log=print, *, stop=None):
     """Run training as configured; returns a :class:`TrainResult`.
+
+    ``stop`` is a :class:`StopSignals` the caller has entered (the CLI does, so
+    that signals arriving after training stay harmless until it exits); by
+    default train installs its own for the duration of the call.
 
     Raises :class:`TrainingError` on a non-finite loss or gradient norm or a
     checkpoint that cannot be written, ``RunDirError`` when ``out_dir`` cannot
-    be used as asked, ``DataError`` for unusable data and ``CheckpointError``
-    for an unusable checkpoint.
+    be used as asked, ``DataError`` for unusable data, ``CheckpointError``
+    for an unusable checkpoint, and :class:`Stopped` for a signal that came
+    before training began (nothing was written then).
     """
     cfg = dataclasses.replace(cfg).validate()
-    with RunDirectory(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log) as run_dir:
+    with contextlib.ExitStack() as stack:
+        if stop is None:
+            stop = stack.enter_context(StopSignals())
+        run_dir = stack.enter_context(RunDirectory(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log))
         run = _Run.start(cfg, run_dir, log)
-        cfg, model, data = run.cfg, run.model, run.data
+        cfg, model = run.cfg, run.model
         metrics = run_dir.open_metrics(run.iter_num if cfg.resume else None)
         tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         log(f"training: {cfg.max_iters} iterations, {tokens_per_iter:,} tokens each; out_dir {cfg.out_dir}")
         losses, last_eval, accuracy, stop_signal = [], {}, None, None
         start, ema_ms = time.perf_counter(), None
+        stop.armed = True               # from here on a signal means: finish the step, save, return
         try:
-            with _StopSignals() as stop:
-                while True:
-                    done = run.iter_num >= cfg.max_iters
-                    if run.iter_num % cfg.eval_interval == 0 or done:
-                        last_eval, accuracy, line = run.evaluate()
-                        _record(metrics, {"iter": run.iter_num, "train_loss": last_eval["train"],
-                                          "val_loss": last_eval["val"],
-                                          **({"accuracy": accuracy} if accuracy is not None else {})})
-                        improved = last_eval["val"] < run.best_val
-                        if improved:
-                            run.best_val = last_eval["val"]
-                        if not cfg.eval_only and (improved or done):
-                            line += " | " + run.save("best val" if improved else "end")
-                        log(line)
-                    if done or cfg.eval_only:
-                        break
-                    if stop.signal is not None:
-                        stop_signal = stop.signal
-                        saved = f"{run.checkpoint_path} is up to date" if run.saved_iter == run.iter_num \
-                            else run.save(_SIGNAL_NAMES[stop_signal])
-                        log(f"{_SIGNAL_NAMES[stop_signal]}: {saved} at iteration {run.iter_num}")
-                        break
+            while True:
+                done = run.iter_num >= cfg.max_iters
+                if run.iter_num % cfg.eval_interval == 0 or done:
+                    last_eval, accuracy, line = run.evaluate()
+                    _record(metrics, {"iter": run.iter_num, "train_loss": last_eval["train"],
+                                      "val_loss": last_eval["val"],
+                                      **({"accuracy": accuracy} if accuracy is not None else {})})
+                    improved = last_eval["val"] < run.best_val
+                    if improved:
+                        run.best_val = last_eval["val"]
+                    if not cfg.eval_only and (improved or done):
+                        line += " | " + run.save("best val" if improved else "end")
+                    log(line)
+                if done or cfg.eval_only:
+                    break
+                if stop.signal is not None:
+                    stop_signal = stop.signal
+                    saved = f"{run.checkpoint_path} is up to date" if run.saved_iter == run.iter_num \
+                        else run.save(_SIGNAL_NAMES[stop_signal])
+                    log(f"{_SIGNAL_NAMES[stop_signal]}: {saved} at iteration {run.iter_num}")
+                    break
 
-                    t0 = time.perf_counter()
-                    lr = cosine_lr(run.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
-                                   cfg.lr_decay_iters)
-                    loss, norm = run.step(lr)
-                    losses.append(loss)
-                    dt_ms = (time.perf_counter() - t0) * 1000
-                    ema_ms = dt_ms if ema_ms is None else 0.9 * ema_ms + 0.1 * dt_ms
-                    if run.iter_num % cfg.log_interval == 0 or run.iter_num == cfg.max_iters:
-                        tok_s = tokens_per_iter / (dt_ms / 1000)
-                        eta = (cfg.max_iters - run.iter_num) * ema_ms / 1000
-                        log(f"iter {run.iter_num:>6} | loss {loss:.4f} | lr {lr:.2e} | {dt_ms:6.1f} ms/iter | "
-                            f"{tok_s:8,.0f} tok/s | elapsed {_format_seconds(time.perf_counter() - start)} | "
-                            f"eta {_format_seconds(eta)}")
-                        _record(metrics, {"iter": run.iter_num, "loss": loss, "lr": lr, "ms_per_iter": dt_ms,
-                                          "tokens_per_s": tok_s, "grad_norm": norm})
+                t0 = time.perf_counter()
+                lr = cosine_lr(run.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
+                               cfg.lr_decay_iters)
+                loss, norm = run.step(lr)
+                losses.append(loss)
+                dt_ms = (time.perf_counter() - t0) * 1000
+                ema_ms = dt_ms if ema_ms is None else 0.9 * ema_ms + 0.1 * dt_ms
+                if run.iter_num % cfg.log_interval == 0 or run.iter_num == cfg.max_iters:
+                    tok_s = tokens_per_iter / (dt_ms / 1000)
+                    eta = (cfg.max_iters - run.iter_num) * ema_ms / 1000
+                    log(f"iter {run.iter_num:>6} | loss {loss:.4f} | lr {lr:.2e} | {dt_ms:6.1f} ms/iter | "
+                        f"{tok_s:8,.0f} tok/s | elapsed {_format_seconds(time.perf_counter() - start)} | "
+                        f"eta {_format_seconds(eta)}")
+                    _record(metrics, {"iter": run.iter_num, "loss": loss, "lr": lr, "ms_per_iter": dt_ms,
+                                      "tokens_per_s": tok_s, "grad_norm": norm})
         finally:
             metrics.close()
             model.close()               # the worker processes, if any
@@ -312,16 +321,28 @@ def _format_seconds(s):
 _SIGNAL_NAMES = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
-class _StopSignals:
+class Stopped(KeyboardInterrupt):
+    """A signal arrived before training began, so there was nothing to save: the run stops at once."""
+
+    def __init__(self, signum):
+        super().__init__(f"stopped by {signal.Signals(signum).name} before training began; nothing was written")
+        self.signum = signum
+
+
+class StopSignals:
     """SIGINT and SIGTERM become a request to stop after the current step, however many arrive.
 
-    The handlers never raise, so a signal cannot cut a step or a checkpoint
-    write short: the run always stops at a step boundary with a complete
-    checkpoint. (``kill -9`` still ends a stuck process at once.)
+    Until training begins (``armed`` False) a signal stops at once by raising
+    :class:`Stopped`: there is nothing to save yet. Once armed, the handlers
+    only record the first signal, so no signal can cut a step or a checkpoint
+    write short: the run stops at a step boundary with a complete checkpoint.
+    (``kill -9`` still ends a stuck process at once.) The previous handlers
+    come back when the context ends.
     """
 
     def __init__(self):
         self.signal = None
+        self.armed = False
         self._previous = {}
 
     def __enter__(self):
@@ -331,10 +352,13 @@ class _StopSignals:
         return self
 
     def _handle(self, signum, frame):
+        if not self.armed:
+            raise Stopped(signum)
         if self.signal is None:
             self.signal = signum
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+        self._previous = {}
         return False

@@ -338,3 +338,25 @@ def test_unusable_out_dir_is_one_sentence_before_loading_data(textfile, tmp_path
     err = capsys.readouterr().err
     assert expected in err and "Errno" not in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_a_signal_before_training_begins_stops_at_once(textfile, tmp_path, monkeypatch, capsys, signum):
+    # Nothing is saved yet, so there is nothing to wait for: the data preparation is cut short.
+    real_prepare = train_module.prepare_data
+
+    def prepare_then_signal(*args, **kwargs):
+        data = real_prepare(*args, **kwargs)
+        signal.raise_signal(signum)
+        pytest.fail("the signal did not stop the run")
+        return data
+
+    monkeypatch.setattr(train_module, "prepare_data", prepare_then_signal)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(textfile), "--out_dir", str(out)]) == 128 + signum
+    err = capsys.readouterr().err
+    assert f"stopped by {signal.Signals(signum).name} before training began; nothing was written" in err
+    assert os.listdir(out) == []                                  # no checkpoint, no log, no lock
+    with pytest.raises(train_module.Stopped):
+        train(tiny(textfile, tmp_path / "api"), log=quiet)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
