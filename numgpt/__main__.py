@@ -1,5 +1,5 @@
-import sys
+"""``python -m numgpt ...`` runs the ``numgpt`` command."""
 
-from .cli import main
+from .cli import run
 
-sys.exit(main())
+run()

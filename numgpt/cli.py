@@ -263,6 +263,8 @@ def cmd_train(args):
     # checkpoint is saved (workers closing, this message) is absorbed, not a traceback or a kill.
     with StopSignals() as stop:
         result = train(cfg, stop=stop)
+        if _AS_PROGRAM:                # the process ends next: a late signal has nothing left to stop
+            stop.ignore_after()
         return _report_training(result, cfg)
 
 
@@ -490,5 +492,15 @@ def main(argv=None):
         warnings.showwarning = previous_showwarning
 
 
-if __name__ == "__main__":
+_AS_PROGRAM = False        # True when this process is the `numgpt` command itself (see run)
+
+
+def run():
+    """The `numgpt` program: :func:`main` on ``sys.argv``, exiting with its status."""
+    global _AS_PROGRAM
+    _AS_PROGRAM = True
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    run()

@@ -357,6 +357,14 @@ class StopSignals:
         if self.signal is None:
             self.signal = signum
 
+    def ignore_after(self):
+        """On leaving the context, ignore these signals instead of restoring the old handlers.
+
+        For a program about to exit once training has ended: a late signal then
+        has nothing left to stop and must not kill it (exit code 143, not -15).
+        """
+        self._previous = {signum: signal.SIG_IGN for signum in self._previous}
+
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
