@@ -501,6 +501,42 @@ class TaskData:
         return self.task.sample(batch_size, rng, split="train" if split == "train" else "test")
 
 
+class TokenFileData:
+    """Token ids read from files through read-only ``np.memmap`` (see :mod:`numgpt.tokenfiles`).
+
+    The same interface as :class:`TextData`; ``train_ids`` and ``val_ids``
+    are memmaps, so only the windows a batch draws are ever read and resident
+    memory does not grow with the files.  ``tokenizer`` is None for nanoGPT
+    or llm.c files with no vocabulary beside them.  Pickling sends the file
+    names, not the tokens: the other side maps the same files again.
+    """
+
+    def __init__(self, train_file, val_file, tokenizer, vocab_size, description):
+        self.train_file, self.val_file = train_file, val_file
+        self.tokenizer, self.vocab_size, self.description = tokenizer, vocab_size, description
+        self.task = None
+        self._open()
+
+    def _open(self):
+        self.train_ids, self.val_ids = self.train_file.open(), self.val_file.open()
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("train_ids", "val_ids")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def batch(self, split, batch_size, block_size, rng):
+        return get_batch(self.train_ids if split == "train" else self.val_ids, batch_size, block_size, rng)
+
+
+def _is_directory_spec(spec) -> bool:
+    if isinstance(spec, str) and spec in ("default", "shakespeare", ""):
+        return False
+    return isinstance(spec, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(os.fspath(spec)))
+
+
 def build_tokenizer(kind, text, vocab_size=512, log=print):
     """A ``"char"``, ``"byte"`` or freshly trained ``"bpe"`` tokenizer for ``text``."""
     from .tokenizers import TOKENIZER_KINDS, ByteTokenizer, CharTokenizer
@@ -527,11 +563,25 @@ def prepare_data(spec, *, block_size, task="", tokenizer_kind="char", vocab_size
 
     ``tokenizer`` (from a checkpoint) is reused when given; otherwise one of
     ``tokenizer_kind`` is built from the text.
+
+    A directory ``spec`` holds token files (:mod:`numgpt.tokenfiles`:
+    ``numgpt prepare``'s, nanoGPT's or llm.c's) and gives a
+    :class:`TokenFileData`; the vocabulary is the prepared directory's
+    tokenizer, else ``tokenizer``'s, else ``vocab_size``.
     """
     if task:
         from .tasks import make_task
 
         return TaskData(make_task(task))
+    if _is_directory_spec(spec):
+        # Token files written by numgpt prepare (or nanoGPT's, or llm.c's): mapped, never loaded.
+        from .tokenfiles import open_token_dir
+
+        found = open_token_dir(os.path.expanduser(os.fspath(spec)), vocab_size=vocab_size, tokenizer=tokenizer)
+        data = TokenFileData(found.train, found.val, found.tokenizer, found.vocab_size, found.description)
+        check_data_fits(data.train_ids, block_size, f"the training tokens ({found.train.path})")
+        check_data_fits(data.val_ids, block_size, f"the validation tokens ({found.val.path})")
+        return data
     from .tokenizers import encode_array
 
     text, description = load_text(spec)
