@@ -505,10 +505,12 @@ class TokenFileData:
     """Token ids read from files through read-only ``np.memmap`` (see :mod:`numgpt.tokenfiles`).
 
     The same interface as :class:`TextData`; ``train_ids`` and ``val_ids``
-    are memmaps, so only the windows a batch draws are ever read and resident
-    memory does not grow with the files.  ``tokenizer`` is None for nanoGPT
-    or llm.c files with no vocabulary beside them.  Pickling sends the file
-    names, not the tokens: the other side maps the same files again.
+    are read-only memmaps.  :meth:`batch` draws the same windows as
+    :func:`get_batch` with the same ``rng`` but reads each with one small
+    file read (:meth:`numgpt.tokenfiles.TokenFile.windows` says why), so
+    resident memory does not grow with the files.  ``tokenizer`` is None for
+    nanoGPT or llm.c files with no vocabulary beside them.  Pickling sends
+    the file names, not the tokens: the other side opens the same files.
     """
 
     def __init__(self, train_file, val_file, tokenizer, vocab_size, description):
@@ -519,16 +521,26 @@ class TokenFileData:
 
     def _open(self):
         self.train_ids, self.val_ids = self.train_file.open(), self.val_file.open()
+        self._handles = {"train": open(self.train_file.path, "rb"), "val": open(self.val_file.path, "rb")}
 
     def __getstate__(self):
-        return {k: v for k, v in self.__dict__.items() if k not in ("train_ids", "val_ids")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("train_ids", "val_ids", "_handles")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._open()
 
     def batch(self, split, batch_size, block_size, rng):
-        return get_batch(self.train_ids if split == "train" else self.val_ids, batch_size, block_size, rng)
+        split = "train" if split == "train" else "val"
+        ids, file = (self.train_ids, self.train_file) if split == "train" else (self.val_ids, self.val_file)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        check_data_fits(ids, block_size)
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                            f"got {type(rng).__name__}")
+        starts = rng.integers(0, len(ids) - block_size, size=batch_size)     # as get_batch draws them
+        windows = file.windows(self._handles[split], starts, block_size + 1)
+        return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
 
 
 def _is_directory_spec(spec) -> bool:
