@@ -95,7 +95,6 @@ __all__ = [
     "text_pieces",
     "prepare",
     "open_token_dir",
-    "is_token_dir",
 ]
 
 FORMAT = "numgpt-tokens"
@@ -560,14 +559,6 @@ class TokenDir:
     tokenizer: object
     vocab_size: int
     description: str
-
-
-def is_token_dir(path) -> bool:
-    """True if ``path`` is a directory in one of the layouts :func:`open_token_dir` reads."""
-    try:
-        return os.path.isdir(path) and _layout(os.fspath(path))[0] is not None
-    except (OSError, DataError):
-        return False
 
 
 def _layout(directory):
