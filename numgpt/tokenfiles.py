@@ -55,14 +55,16 @@ nanoGPT's ``train.bin``/``val.bin`` (uint16, no header, no ``meta.json``;
 its ``meta.pkl`` is never unpickled, so the vocabulary size must be given);
 and llm.c's shards ``*_train*.bin``/``*_val*.bin`` (a header of 256 int32:
 magic 20240520, version 1, token count; then uint16 tokens; llama-3 shards,
-magic 20240801 version 7, hold uint32).  Each split is a read-only
-``np.memmap``: only the pages a batch touches are read, so resident memory
+magic 20240801 version 7, hold uint32).  Each split is offered as a
+read-only ``np.memmap``, but training batches read their windows with one
+``pread`` each (:meth:`TokenFile.windows` says why), so resident memory
 stays flat however large the files.  Headers, sizes and (for the foreign
-formats, read through a small buffer, not the memmap) the largest id are
-checked, with a :class:`~numgpt.data.DataError` naming the file.  The
-objects are cheap to pickle: a :class:`TokenFile` is a path, offset, dtype
-and count, reopened on the other side, so every process (e.g. every MPI
-rank) maps the same files and draws its own rows.
+formats, read through a small buffer, which costs about a second per few
+hundred MB when training starts) the largest id are checked, with a
+:class:`~numgpt.data.DataError` naming the file.  The objects are cheap to
+pickle: a :class:`TokenFile` is a path, offset, dtype and count, reopened
+on the other side, so every process (e.g. every MPI rank) reads the same
+files and draws its own rows.
 """
 
 from __future__ import annotations

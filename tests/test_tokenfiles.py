@@ -396,6 +396,12 @@ def test_llmc_files_named_like_nanogpt_files_are_recognised(tmp_path):
 
 # --- memory stays flat ---------------------------------------------------------------------------------
 
+def _child_env():
+    """The environment of a child Python that imports this checkout's numgpt."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+
+
 _CHILD = textwrap.dedent("""
     import sys
     import numpy as np
@@ -428,16 +434,41 @@ def test_training_batches_from_token_files_keep_resident_memory_flat(tmp_path):
     size_kib = (tmp_path / TRAIN_NAME).stat().st_size // 1024
 
     def peak_kib(mode):
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                                             os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run([sys.executable, "-c", _CHILD, str(tmp_path), mode], capture_output=True, text=True,
-                              env=env, timeout=120)
+                              env=_child_env(), timeout=120)
         assert done.returncode == 0, done.stderr
         return int(done.stdout.strip())
 
     flat = peak_kib("memmap")
     assert flat < size_kib / 3, f"peak RSS {flat} KiB reading a {size_kib} KiB token file"
     assert peak_kib("load") > size_kib                # the measure does see a loaded file
+
+
+_PREPARE_CHILD = textwrap.dedent("""
+    import io, sys
+    from numgpt.tokenfiles import prepare
+
+    prepare(sys.argv[1], sys.argv[2], "byte", chunk_bytes=1 << 18, log=lambda *a: None,
+            progress_stream=io.StringIO())
+    with open("/proc/self/status") as f:
+        print(next(line for line in f if line.startswith("VmHWM:")).split()[1])
+""")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmHWM from /proc (Linux)")
+def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
+    block = ("\n".join(LINES) + "\n").encode("utf-8") * 1000
+    peaks = {}
+    for mb in (2, 32):
+        path = tmp_path / f"corpus{mb}.txt"
+        with open(path, "wb") as f:
+            for _ in range(mb * 2**20 // len(block)):
+                f.write(block)
+        done = subprocess.run([sys.executable, "-c", _PREPARE_CHILD, str(path), str(tmp_path / f"out{mb}")],
+                              capture_output=True, text=True, env=_child_env(), timeout=120)
+        assert done.returncode == 0, done.stderr
+        peaks[mb] = int(done.stdout.strip())
+    assert peaks[32] < peaks[2] + 8 * 1024, peaks           # 30 MB more text, under 8 MB more memory
 
 
 # --- the command line ------------------------------------------------------------------------------
