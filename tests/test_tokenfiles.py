@@ -491,8 +491,24 @@ def test_cli_prepare_then_train_matches_training_on_the_text(textfile, tmp_path,
     from_text = capsys.readouterr().out
     done = [line for line in from_files.splitlines() if line.startswith("done:")]
     assert done and done[0].split(", checkpoint")[0] in from_text
-    # The checkpoint holds the tokenizer from meta.json, so it samples text.
+    # The checkpoint holds the tokenizer from meta.json, so it samples text, and a resumed run
+    # accepts the directory because its tokenizer is the checkpoint's.
     assert main(["sample", "--out_dir", str(tmp_path / "run1"), "--max_new_tokens", "10", "--seed", "0"]) == 0
+    assert main(["train", "--resume", "--out_dir", str(tmp_path / "run1"), "--max_iters", "14"]) == 0
+    assert "done: 14 iterations" in capsys.readouterr().out
+
+
+def test_cli_trains_on_nanogpt_files_with_the_given_vocab_size(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rng.integers(0, 65, 3000).astype("<u2").tofile(tmp_path / TRAIN_NAME)
+    rng.integers(0, 65, 400).astype("<u2").tofile(tmp_path / VAL_NAME)
+    assert main(["train", "--data", str(tmp_path), "--vocab_size", "65", "--out_dir", str(tmp_path / "run"),
+                 *TINY]) == 0
+    out = capsys.readouterr().out
+    assert "nanoGPT token files" in out and "vocabulary 65" in out and "done: 12 iterations" in out
+    assert main(["train", "--data", str(tmp_path), "--vocab_size", "50", "--out_dir", str(tmp_path / "run2"),
+                 *TINY]) == 1
+    assert "not below the vocabulary size 50" in capsys.readouterr().err
 
 
 def test_cli_train_on_a_directory_without_tokens_is_one_clear_error(tmp_path, capsys):
