@@ -502,7 +502,7 @@ class TaskData:
 
 
 class TokenFileData:
-    """Token ids read from files through read-only ``np.memmap`` (see :mod:`numgpt.tokenfiles`).
+    """Token ids in files (see :mod:`numgpt.tokenfiles`), read a batch at a time, never loaded whole.
 
     The same interface as :class:`TextData`; ``train_ids`` and ``val_ids``
     are read-only memmaps.  :meth:`batch` draws the same windows as

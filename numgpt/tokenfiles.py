@@ -505,6 +505,10 @@ class TokenFile:
 
     def open(self) -> np.ndarray:
         """The ids as a read-only memmap (nothing is read until indexed)."""
+        if self.count == 0:                     # mmap cannot map nothing
+            empty = np.empty(0, dtype=np.dtype(self.dtype))
+            empty.flags.writeable = False
+            return empty
         return np.memmap(self.path, dtype=np.dtype(self.dtype), mode="r", offset=self.offset,
                          shape=(self.count,))
 
