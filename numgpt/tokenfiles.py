@@ -41,7 +41,8 @@ whose name does not start with a dot, in sorted order of relative path, is
 one document.  Documents are joined by ``<|endoftext|>`` when the tokenizer
 has that special token (GPT-2's and trained BPE vocabularies do), else by a
 newline ``"\\n"``; the separator goes between documents, not after the last,
-so a directory holding one file gives the same tokens as the file.  Text
+so a directory holding one file gives the same tokens as the file (empty
+files are skipped).  Text
 must be UTF-8; a leading byte-order mark is dropped, as ``numgpt train``
 does.
 
@@ -154,7 +155,7 @@ def _decoded_chunks(paths, separator, chunk_bytes):
     first = True
     for path in paths:
         decoder = codecs.getincrementaldecoder("utf-8")()
-        start = True
+        at_start, started = True, False      # before the file's first character; after its first text
         offset = 0
         try:
             f = open(path, "rb")
@@ -173,15 +174,16 @@ def _decoded_chunks(paths, separator, chunk_bytes):
                                     f"convert it to UTF-8 first") from None
                 offset += len(raw)
                 done += len(raw)
-                if start and text:
+                if at_start and text:
+                    at_start = False
                     if text.startswith("\ufeff"):
                         text = text[1:]          # a byte-order mark is not text (as in numgpt train)
-                    if text:
-                        start = False
+                if text:
+                    if not started:
+                        started = True
                         if not first:
                             yield separator, done
                         first = False
-                if text:
                     yield text, done
                 if final:
                     break

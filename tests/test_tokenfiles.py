@@ -517,3 +517,14 @@ def test_cli_train_on_a_directory_without_tokens_is_one_clear_error(tmp_path, ca
     assert main(["train", "--data", str(tmp_path / "docs"), "--out_dir", str(tmp_path / "run"), *TINY]) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err and "holds no token files" in err and "numgpt prepare" in err
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 2, 3, 1 << 16])
+def test_only_a_leading_byte_order_mark_is_dropped_and_empty_files_are_skipped(tmp_path, chunk_bytes):
+    from numgpt.tokenfiles import _decoded_chunks
+
+    (tmp_path / "a").write_bytes("\ufeff\ufeffx".encode("utf-8"))    # the second one is text, as for utf-8-sig
+    (tmp_path / "b").write_bytes(b"")
+    (tmp_path / "c").write_bytes("y\u00e9z".encode("utf-8"))
+    paths = [str(tmp_path / name) for name in "abc"]
+    assert "".join(t for t, _ in _decoded_chunks(paths, "|", chunk_bytes)) == "\ufeffx|y\u00e9z"
