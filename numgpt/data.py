@@ -501,6 +501,54 @@ class TaskData:
         return self.task.sample(batch_size, rng, split="train" if split == "train" else "test")
 
 
+class TokenFileData:
+    """Token ids in files (see :mod:`numgpt.tokenfiles`), read a batch at a time, never loaded whole.
+
+    The same interface as :class:`TextData`; ``train_ids`` and ``val_ids``
+    are read-only memmaps.  :meth:`batch` draws the same windows as
+    :func:`get_batch` with the same ``rng`` but reads each with one small
+    file read (:meth:`numgpt.tokenfiles.TokenFile.windows` says why), so
+    resident memory does not grow with the files.  ``tokenizer`` is None for
+    nanoGPT or llm.c files with no vocabulary beside them.  Pickling sends
+    the file names, not the tokens: the other side opens the same files.
+    """
+
+    def __init__(self, train_file, val_file, tokenizer, vocab_size, description):
+        self.train_file, self.val_file = train_file, val_file
+        self.tokenizer, self.vocab_size, self.description = tokenizer, vocab_size, description
+        self.task = None
+        self._open()
+
+    def _open(self):
+        self.train_ids, self.val_ids = self.train_file.open(), self.val_file.open()
+        self._handles = {"train": open(self.train_file.path, "rb"), "val": open(self.val_file.path, "rb")}
+
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k not in ("train_ids", "val_ids", "_handles")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._open()
+
+    def batch(self, split, batch_size, block_size, rng):
+        split = "train" if split == "train" else "val"
+        ids, file = (self.train_ids, self.train_file) if split == "train" else (self.val_ids, self.val_file)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        check_data_fits(ids, block_size)
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), "
+                            f"got {type(rng).__name__}")
+        starts = rng.integers(0, len(ids) - block_size, size=batch_size)     # as get_batch draws them
+        windows = file.windows(self._handles[split], starts, block_size + 1)
+        return np.ascontiguousarray(windows[:, :-1]), np.ascontiguousarray(windows[:, 1:])
+
+
+def _is_directory_spec(spec) -> bool:
+    if isinstance(spec, str) and spec in ("default", "shakespeare", ""):
+        return False
+    return isinstance(spec, (str, os.PathLike)) and os.path.isdir(os.path.expanduser(os.fspath(spec)))
+
+
 def build_tokenizer(kind, text, vocab_size=512, log=print):
     """A ``"char"``, ``"byte"`` or freshly trained ``"bpe"`` tokenizer for ``text``."""
     from .tokenizers import TOKENIZER_KINDS, ByteTokenizer, CharTokenizer
@@ -527,11 +575,25 @@ def prepare_data(spec, *, block_size, task="", tokenizer_kind="char", vocab_size
 
     ``tokenizer`` (from a checkpoint) is reused when given; otherwise one of
     ``tokenizer_kind`` is built from the text.
+
+    A directory ``spec`` holds token files (:mod:`numgpt.tokenfiles`:
+    ``numgpt prepare``'s, nanoGPT's or llm.c's) and gives a
+    :class:`TokenFileData`; the vocabulary is the prepared directory's
+    tokenizer, else ``tokenizer``'s, else ``vocab_size``.
     """
     if task:
         from .tasks import make_task
 
         return TaskData(make_task(task))
+    if _is_directory_spec(spec):
+        # Token files written by numgpt prepare (or nanoGPT's, or llm.c's): mapped, never loaded.
+        from .tokenfiles import open_token_dir
+
+        found = open_token_dir(os.path.expanduser(os.fspath(spec)), vocab_size=vocab_size, tokenizer=tokenizer)
+        data = TokenFileData(found.train, found.val, found.tokenizer, found.vocab_size, found.description)
+        check_data_fits(data.train_ids, block_size, f"the training tokens ({found.train.path})")
+        check_data_fits(data.val_ids, block_size, f"the validation tokens ({found.val.path})")
+        return data
     from .tokenizers import encode_array
 
     text, description = load_text(spec)
