@@ -39,11 +39,14 @@ class TrainConfig:
     """Every setting of a training run. Defaults: nanoGPT's CPU run (4 x 4 x 128, block 64) on the built-in corpus."""
     # data
     data: str = setting("default", "'default' (built-in corpus, no download), 'shakespeare' (downloaded once), "
-                                   "or a UTF-8 text file")
+                                   "a UTF-8 text file, or a directory of token files (numgpt prepare, nanoGPT "
+                                   "or llm.c)")
     task: str = setting("", "train a synthetic task instead of text ('' for text)", ("",) + TASKS)
     tokenizer: str = setting("char", "'char', 'byte' or 'bpe' (a BPE vocabulary trained on the data)",
                              TOKENIZER_KINDS)
-    vocab_size: int = setting(512, "vocabulary size of the BPE tokenizer (tokenizer 'bpe' only)")
+    vocab_size: int = setting(512, "vocabulary size of the BPE tokenizer (tokenizer 'bpe'), or of nanoGPT/llm.c "
+                                   "token files given as --data DIR (a numgpt prepare directory's meta.json "
+                                   "holds its own)")
     # model
     n_layer: int = setting(4, "transformer blocks")
     n_head: int = setting(4, "attention heads")
