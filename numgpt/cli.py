@@ -400,22 +400,21 @@ def build_parser():
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("prepare", help="tokenize a text corpus once into token files that train reads via memmap",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="Encode a UTF-8 text file, or every file under a directory (sorted; documents "
-                                   "joined by <|endoftext|> for BPE, else a newline), a chunk at a time into "
-                                   "OUT/train.bin and OUT/val.bin (the last 10% of tokens; uint16, or uint32 "
-                                   "for vocabularies over 65536) and OUT/meta.json. Then: numgpt train --data OUT.")
+    p = command("prepare", "tokenize a text corpus once into token files that train reads via memmap",
+                "Encode a UTF-8 text file, or every file under a directory (sorted; documents joined by "
+                "<|endoftext|> for BPE, else a newline), a chunk at a time into OUT/train.bin and OUT/val.bin "
+                "(the last 10% of tokens; uint16, or uint32 for vocabularies over 65536) and OUT/meta.json. "
+                "Then: numgpt train --data OUT.")
     p.add_argument("--data", required=True, help="a UTF-8 text file or a directory of them")
     p.add_argument("--tokenizer", default="char",
                    help="'char' (reads the data twice: characters first), 'byte', 'bpe' (trained on the first "
                         "--bpe_sample_chars characters) or a GPT-2 tokenizer directory (vocab.json + merges.txt)")
     p.add_argument("--out", required=True, help="directory for train.bin, val.bin and meta.json")
-    p.add_argument("--vocab_size", type=_positive_int, default=512, help="vocabulary size of --tokenizer bpe")
-    p.add_argument("--bpe_sample_chars", type=_positive_int, default=10_000_000,
+    p.add_argument("--vocab_size", type=_int, limits=Limits(1, integer=True), default=512, help="vocabulary size of --tokenizer bpe")
+    p.add_argument("--bpe_sample_chars", type=_int, limits=Limits(1, integer=True), default=10_000_000,
                    help="characters at the start of the data that --tokenizer bpe trains on")
-    p.add_argument("--chunk_mb", type=_positive_int, default=4, help="MB of text read and encoded at a time")
-    p.add_argument("--workers", type=_positive_int, default=1, help="processes encoding chunks in parallel")
+    p.add_argument("--chunk_mb", type=_int, limits=Limits(1, integer=True), default=4, help="MB of text read and encoded at a time")
+    p.add_argument("--workers", type=_int, limits=Limits(1, integer=True), default=1, help="processes encoding chunks in parallel")
     p.set_defaults(func=cmd_prepare)
 
     def add_source(p):
