@@ -28,7 +28,10 @@ Difference formulas. With step h, the second-order central difference is
 order 2 with h = 1e-5 leaves errors near 1e-11, order 4 with h = 1e-3 near
 1e-13: the default, and what makes a 1e-7 relative criterion meaningful for
 every gradient entry down to 1e-5. Gradient checks belong in float64: in
-float32 round-off alone is about 1e-7 / h.
+float32 round-off alone is about 1e-7 / h, so a right backward shows relative
+errors near 1e-4. That is why :func:`check_layer` upcasts float16 and float32
+inputs to float64 before checking (and records that it did), as
+``torch.autograd.gradcheck`` asks for double inputs.
 
 Error measures. For analytic a and numerical n (arrays of one shape):
 
@@ -157,7 +160,13 @@ def adjoint_check(f, x, dout, grad, u=None, rng=None, h=None, order=4):
 
 @dataclass
 class CheckResult:
-    """The outcome of checking one input of a layer."""
+    """The outcome of checking one input of a layer.
+
+    ``input_dtype`` is the dtype the caller passed; ``checked_dtype`` the one the
+    check ran in (float64 after an upcast); ``out_dtype`` the dtype the forward
+    returned during the check. ``note`` says in words what the dtypes mean for
+    this result (empty when there is nothing to say).
+    """
     name: str
     shape: tuple
     method: str            # "full" (every element) or "adjoint" (random direction)
@@ -166,6 +175,15 @@ class CheckResult:
     passed: bool
     analytic: np.ndarray = field(default=None, repr=False)
     numeric: np.ndarray = field(default=None, repr=False)
+    input_dtype: str = "float64"
+    checked_dtype: str = "float64"
+    out_dtype: str = "float64"
+    note: str = ""
+
+    @property
+    def upcast(self):
+        """True when the input was converted to a wider float type for the check."""
+        return self.input_dtype != self.checked_dtype
 
 
 def _as_tuple(grads):
@@ -177,8 +195,41 @@ def _default_wrt(inputs):
                  if isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating))
 
 
+def _is_narrow_float(a):
+    """A float16 or float32 array: too coarse for finite differences at a 1e-7 tolerance."""
+    return isinstance(a, np.ndarray) and np.issubdtype(a.dtype, np.floating) and a.dtype.itemsize < 8
+
+
+def _own_copy(a, upcast):
+    """A C-contiguous copy of an array input (in float64 if ``upcast`` and it is a narrow float)."""
+    if not isinstance(a, np.ndarray):
+        return a
+    dtype = np.float64 if upcast and _is_narrow_float(a) else a.dtype
+    return a.astype(dtype, order="C", copy=True)
+
+
+def _dtype_note(input_dtype, checked_dtype, out_dtype, passed):
+    """What the dtypes of one check mean, in words, for CheckResult.note."""
+    parts = []
+    if input_dtype != checked_dtype:
+        parts.append(f"the {input_dtype} input was upcast to {checked_dtype} for the check")
+    if out_dtype is not None and np.dtype(out_dtype).itemsize < 8:
+        roundoff = (f"so the finite differences carry {out_dtype} round-off "
+                    f"(about eps/h relative: 1e-5 to 1e-4 in float32)")
+        if np.dtype(checked_dtype).itemsize >= 8:
+            parts.append(f"the forward returned {out_dtype} for {checked_dtype} inputs, {roundoff}")
+            if not passed:
+                parts.append("a right backward fails a 1e-7 tolerance this way: let the forward compute "
+                             "in its inputs' dtype, or loosen rtol/atol")
+        else:
+            parts.append(f"checked in {checked_dtype} as passed (upcast=False), {roundoff}")
+            if not passed:
+                parts.append("loosen rtol/atol, or check in float64 (upcast=True)")
+    return "; ".join(parts)
+
+
 def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, seed=0,
-                method="full", rtol=1e-7, atol=1e-10, h=None, order=4):
+                method="full", rtol=1e-7, atol=1e-10, h=None, order=4, upcast=True):
     """Check ``backward`` against finite differences of ``forward`` for each differentiable input.
 
     ``forward(*inputs) -> (out, cache)``; ``backward(dout, cache)`` returns one
@@ -193,10 +244,22 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
     (cost: ``order`` forwards per input element); ``method="adjoint"`` runs
     :func:`adjoint_check` (``order`` forwards in all). Inputs are copied first,
     so the caller's arrays are never touched. Returns a list of CheckResult.
+
+    Precision: with ``upcast=True`` (the default) float16 and float32 array
+    inputs are converted to float64 before anything runs, because in float32
+    the finite differences alone are off by about 1e-4 relative and a right
+    backward would fail the 1e-7 tolerance. Integer inputs (token ids,
+    targets) are passed as they are, and a given ``dout`` takes the dtype the
+    forward returns. Each result records ``input_dtype``, ``checked_dtype``
+    and ``out_dtype``, and its ``note`` says what they mean; a forward that
+    computes in float32 whatever its inputs (so still fails) is named there
+    with the dtype it returned. ``upcast=False`` checks in the inputs' own
+    dtypes (then loosen ``rtol``/``atol`` for float32).
     """
     if method not in ("full", "adjoint"):
         raise ValueError(f"method must be 'full' or 'adjoint', got {method!r}")
-    inputs = [a.copy() if isinstance(a, np.ndarray) else a for a in inputs]
+    input_dtypes = [str(a.dtype) if isinstance(a, np.ndarray) else type(a).__name__ for a in inputs]
+    inputs = [_own_copy(a, upcast) for a in inputs]
     wrt = _default_wrt(inputs) if wrt is None else tuple(wrt)
     if not wrt:
         raise ValueError("no differentiable (floating-point array) input to check")
@@ -208,9 +271,13 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
     rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0x67726164,)))
     out, cache = forward(*inputs)
     out = np.asarray(out)
+    out_is_float = np.issubdtype(out.dtype, np.floating)
     if dout is None:
         dout = rng.standard_normal(out.shape)
         dout = dout.astype(out.dtype) if out.ndim else float(dout)
+    elif upcast and out_is_float and isinstance(dout, np.ndarray) and np.issubdtype(dout.dtype, np.floating):
+        dout = dout.astype(out.dtype)          # the upstream gradient follows the forward's output
+    out_dtype = str(out.dtype) if out_is_float else None
     grads = _as_tuple(backward(dout if np.ndim(dout) else float(dout), cache))
     if len(grads) < len(wrt):
         raise ValueError(f"backward returned {len(grads)} gradient(s) for {len(wrt)} differentiable inputs")
@@ -229,12 +296,16 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
         if method == "full":
             numeric = numerical_vjp(f, x, dout, h=h, order=order)
             abs_err = float(np.max(np.abs(grad - numeric))) if x.size else 0.0
-            results.append(CheckResult(names[pos], x.shape, "full", rel_error(grad, numeric), abs_err,
-                                       within_tolerance(grad, numeric, rtol, atol), grad, numeric))
+            result = CheckResult(names[pos], x.shape, "full", rel_error(grad, numeric), abs_err,
+                                 within_tolerance(grad, numeric, rtol, atol), grad, numeric)
         else:
             fd, analytic, rel = adjoint_check(f, x, dout, grad, rng=rng, h=h, order=order)
-            results.append(CheckResult(names[pos], x.shape, "adjoint", rel, abs(fd - analytic),
-                                       within_tolerance(analytic, fd, rtol, atol)))
+            result = CheckResult(names[pos], x.shape, "adjoint", rel, abs(fd - analytic),
+                                 within_tolerance(analytic, fd, rtol, atol))
+        result.input_dtype, result.checked_dtype = input_dtypes[pos], str(x.dtype)
+        result.out_dtype = out_dtype or str(out.dtype)
+        result.note = _dtype_note(result.input_dtype, result.checked_dtype, out_dtype, result.passed)
+        results.append(result)
     return results
 
 

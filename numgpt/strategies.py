@@ -42,6 +42,10 @@ Example::
     @given(ns.float_arrays((3, 4)), ns.gains(4), ns.biases(4), ns.upstream_grads((3, 4)))
     def test_my_norm(x, w, b, dout):
         ...
+
+README.md, "Property-testing your own layer", has a whole test file: a layer,
+the property (``numgpt.gradcheck.check_layer`` on drawn inputs), and the
+negative control that shows the property catches a wrong backward.
 """
 
 import numpy as np

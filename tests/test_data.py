@@ -5,7 +5,6 @@ the tests write, or from a patched urlopen.
 """
 
 import hashlib
-import pathlib
 import subprocess
 import sys
 import urllib.error
@@ -262,14 +261,28 @@ def test_load_text_shakespeare_uses_the_cache(tmp_path, remote, monkeypatch):
     assert "Shakespeare" in description
 
 
-_SHARED_COPY = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+def test_published_checksum_is_in_the_form_the_check_compares_with():
+    # The check compares hexdigest() (64 lowercase hex digits) with SHAKESPEARE_SHA256: an
+    # uppercase or truncated constant would refuse every correct download.
+    assert len(SHAKESPEARE_SHA256) == 64 and set(SHAKESPEARE_SHA256) <= set("0123456789abcdef")
+    assert SHAKESPEARE_SIZE == 1_115_394  # the size of the published input.txt
 
 
-@pytest.mark.skipif(not _SHARED_COPY.is_file(), reason="no shared copy of tiny Shakespeare")
-def test_shared_copy_matches_the_published_checksum():
-    raw = _SHARED_COPY.read_bytes()
-    assert len(raw) == SHAKESPEARE_SIZE
-    assert hashlib.sha256(raw).hexdigest() == SHAKESPEARE_SHA256
+def test_cached_copy_is_verified_over_every_chunk(tmp_path):
+    # A local file several read-chunks long, made here (the suite needs nothing beside the
+    # repository): the cached copy is accepted without the network only when its whole content
+    # hashes right, so a change in the last chunk alone sends it to the (failing) download.
+    payload = bytes(range(256)) * (3 * data._CHUNK // 256) + b"the last, partial chunk"
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cached = cache / "tinyshakespeare.txt"
+    cached.write_bytes(payload)
+    expected = {"sha256": hashlib.sha256(payload).hexdigest(), "size": len(payload)}
+    offline = (tmp_path / "absent.txt").as_uri()
+    assert download_shakespeare(cache, url=offline, **expected) == cached
+    cached.write_bytes(payload[:-1] + b"!")
+    with pytest.raises(DataError, match="could not download"):
+        download_shakespeare(cache, url=offline, **expected)
 
 
 # -- splitting and batching ---------------------------------------------------------

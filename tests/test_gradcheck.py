@@ -308,10 +308,79 @@ def test_check_layer_adjoint_method_on_a_larger_input():
     assert not wrong.passed and wrong.max_rel_error > 1e-2
 
 
-def test_check_layer_in_float32_with_a_loose_tolerance():
+def test_check_layer_upcasts_float32_inputs_to_float64():
+    # In float32 the finite differences alone are off by about 1e-4: a right backward used to
+    # fail the default 1e-7 tolerance with no hint why.
     x = np.random.default_rng(16).uniform(-2, 2, (3, 4)).astype(np.float32)
-    (result,) = check_layer(tanh_forward, tanh_backward, (x,), rtol=1e-2, atol=1e-4)
-    assert result.passed and result.max_rel_error < 1e-2
+    (result,) = check_layer(tanh_forward, tanh_backward, (x,), names=("x",))
+    assert result.passed and result.max_rel_error < 1e-9
+    assert (result.input_dtype, result.checked_dtype, result.out_dtype) == ("float32", "float64", "float64")
+    assert result.upcast and result.analytic.dtype == np.float64
+    assert result.note == "the float32 input was upcast to float64 for the check"
+    assert x.dtype == np.float32                     # the caller's array is left as it was
+    (wrong,) = check_layer(tanh_forward, tanh_backward_buggy, (x,))
+    assert not wrong.passed and wrong.max_rel_error > 0.1
+
+
+def test_check_layer_float64_inputs_are_not_upcast_and_have_no_note():
+    x = np.random.default_rng(16).uniform(-2, 2, (3, 4))
+    (result,) = check_layer(tanh_forward, tanh_backward, (x,))
+    assert not result.upcast and result.note == "" and result.checked_dtype == "float64"
+
+
+def test_check_layer_upcasts_floats_but_keeps_integer_inputs():
+    rng = np.random.default_rng(17)
+    ids, table = np.array([0, 2, 2, 1]), rng.standard_normal((3, 5)).astype(np.float32)
+    seen = []
+
+    def lookup_forward(idx, w):
+        seen.append((idx.dtype, w.dtype))
+        return w[idx], (idx, w.shape)
+
+    def lookup_backward(dout, cache):
+        idx, shape = cache
+        dw = np.zeros(shape, dtype=dout.dtype)
+        np.add.at(dw, idx, dout)
+        return dw
+
+    (result,) = check_layer(lookup_forward, lookup_backward, (ids, table), names=("idx", "w"))
+    assert result.name == "w" and result.passed and result.max_rel_error < 1e-9
+    assert set(seen) == {(np.dtype(np.int64), np.dtype(np.float64))}
+
+
+def test_check_layer_given_float32_dout_follows_the_forwards_dtype():
+    rng = np.random.default_rng(18)
+    x, dout = rng.uniform(-2, 2, (2, 3)).astype(np.float32), rng.standard_normal((2, 3)).astype(np.float32)
+
+    def strict_backward(d, cache):                   # numgpt's layers refuse a dout of another dtype
+        assert d.dtype == cache[0].dtype
+        return tanh_backward(d, cache)
+
+    (result,) = check_layer(tanh_forward, strict_backward, (x,), dout=dout)
+    assert result.passed and result.max_rel_error < 1e-9
+
+
+def test_check_layer_names_the_dtype_of_a_forward_that_computes_in_float32():
+    # Upcasting cannot help a forward that casts to float32 itself: the result must say so.
+    x = np.random.default_rng(19).uniform(-2, 2, (3, 4)).astype(np.float32)
+
+    def float32_forward(z):
+        return tanh_forward(z.astype(np.float32))
+
+    (result,) = check_layer(float32_forward, tanh_backward, (x,), names=("x",))
+    assert not result.passed and 1e-6 < result.max_rel_error < 1e-2
+    assert result.out_dtype == "float32" and result.checked_dtype == "float64"
+    assert "the forward returned float32 for float64 inputs" in result.note
+    assert "round-off" in result.note and "a right backward fails" in result.note
+
+
+def test_check_layer_in_float32_without_upcast_and_with_a_loose_tolerance():
+    x = np.random.default_rng(16).uniform(-2, 2, (3, 4)).astype(np.float32)
+    (strict,) = check_layer(tanh_forward, tanh_backward, (x,), upcast=False)
+    assert not strict.passed and strict.checked_dtype == "float32" and not strict.upcast
+    assert "upcast=False" in strict.note and "loosen rtol/atol" in strict.note
+    (loose,) = check_layer(tanh_forward, tanh_backward, (x,), upcast=False, rtol=1e-2, atol=1e-4)
+    assert loose.passed and loose.max_rel_error < 1e-2
 
 
 def test_check_layer_bad_arguments():
