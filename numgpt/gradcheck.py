@@ -349,6 +349,17 @@ def layer_cases(dtype=np.float64, seed=0):
          (randn(B, T, C),), ("x",)),
         ("softmax_cross_entropy", L.softmax_cross_entropy_forward, L.softmax_cross_entropy_backward,
          (randn(B, T, V, scale=1.5), targets), ("logits", "targets")),
+        # The layers of today's models (Llama, the modded-nanoGPT speedrun); drawn after GPT-2's, so
+        # the cases above keep their random inputs.
+        ("rmsnorm", L.rmsnorm_forward, L.rmsnorm_backward,
+         (randn(B, T, C, scale=2.0, shift=0.5), randn(C, scale=0.3, shift=1.5)), ("x", "weight")),
+        ("qk_norm", lambda q: L.rmsnorm_forward(q), L.rmsnorm_backward, (randn(B, H, T, D, scale=2.0),), ("q",)),
+        ("rope", lambda x: L.rope_forward(x, 3), L.rope_backward, (randn(B, H, T, 4),), ("x",)),   # even D
+        ("swiglu", L.swiglu_forward, L.swiglu_backward,
+         (randn(B, T, 4 * C, scale=2.0), randn(B, T, 4 * C)), ("gate", "up")),
+        # 0.05 away from the kink at 0, where a central difference reads h/3 instead of 0
+        ("relu_squared", L.relu_squared_forward, L.relu_squared_backward,
+         ((lambda x: x + np.copysign(0.05, x))(randn(B, T, 4 * C, scale=1.5)),), ("x",)),
     ]
 
 

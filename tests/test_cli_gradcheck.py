@@ -18,6 +18,11 @@ LAYER_INPUTS = {
     "attention": ["qkv"],
     "dropout": ["x"],
     "softmax_cross_entropy": ["logits"],
+    "rmsnorm": ["x", "weight"],
+    "qk_norm": ["q"],
+    "rope": ["x"],
+    "swiglu": ["gate", "up"],
+    "relu_squared": ["x"],
 }
 EXPECTED = {(layer, name) for layer, names in LAYER_INPUTS.items() for name in names}
 
