@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import io
 import struct
-import time
-import tracemalloc
 import zipfile
 
 import numpy as np
@@ -30,6 +28,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from numgpt.checkpoint import FORMAT_KEY, META_KEY, CheckpointError, load_checkpoint, save_checkpoint
+
+from measure import measure
 
 ARRAYS = {
     "w": np.arange(6, dtype=np.float32).reshape(2, 3),
@@ -345,20 +345,6 @@ def test_npy_member_with_mutated_bytes(tmp_path, original, data):
     load_forged_array(tmp_path, original, bytes(member))
 
 
-def measure(load):
-    """(exception, seconds, peak bytes traced by tracemalloc) of calling ``load``."""
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        load()
-    except Exception as exc:  # noqa: BLE001 - returned for the test to check
-        error = exc
-    else:
-        error = None
-    seconds = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return error, seconds, peak
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import struct
-import time
-import tracemalloc
 
 import numpy as np
 import pytest
@@ -26,6 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from numgpt.safetensors import MAX_HEADER_BYTES, SafetensorsError, read_safetensors, write_safetensors
+
+from measure import measure
 
 TENSORS = {
     "w": np.arange(6, dtype=np.float32).reshape(2, 3),
@@ -164,19 +164,6 @@ def test_truncation_anywhere(tmp_path, original, data):
 # The header length
 
 
-def measure(read):
-    tracemalloc.start()
-    started = time.perf_counter()
-    try:
-        read()
-    except Exception as exc:  # noqa: BLE001 - returned for the test to check
-        error = exc
-    else:
-        error = None
-    seconds = time.perf_counter() - started
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    return error, seconds, peak
 
 
 @FUZZ

@@ -21,6 +21,8 @@ from numgpt.tokenfiles import (LLMC_MAGIC, META_NAME, TRAIN_NAME, VAL_NAME, _Cut
                                prepare, text_pieces, token_dtype)
 from numgpt.tokenizers import ByteTokenizer, CharTokenizer, encode_array
 
+from measure import PRINT_PEAK_KIB
+
 # Text that exercises every rule of GPT-2's pre-tokenizer: contractions, runs of spaces before words,
 # tabs, CRLF, no-break spaces, digits, symbols, accents, CJK, emoji, a literal end-of-text token.
 MIXED = (
@@ -418,13 +420,7 @@ _CHILD = textwrap.dedent("""
     else:   # the negative control: what loading the file would cost
         ids = np.fromfile(directory + "/train.bin", dtype="<u2")
         ids[::512].sum()
-    try:         # Linux: this process's own peak (ru_maxrss would carry the forking parent's over exec)
-        with open("/proc/self/status") as f:
-            print(next(line for line in f if line.startswith("VmHWM:")).split()[1])
-    except OSError:
-        import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)    # bytes on macOS
-""")
+""") + PRINT_PEAK_KIB
 
 
 def test_training_batches_from_token_files_keep_resident_memory_flat(tmp_path):
@@ -453,13 +449,7 @@ _PREPARE_CHILD = textwrap.dedent("""
 
     prepare(sys.argv[1], sys.argv[2], "byte", chunk_bytes=1 << 18, log=lambda *a: None,
             progress_stream=io.StringIO())
-    try:         # Linux: this process's own peak (ru_maxrss would carry the forking parent's over exec)
-        with open("/proc/self/status") as f:
-            print(next(line for line in f if line.startswith("VmHWM:")).split()[1])
-    except OSError:
-        import resource
-        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)    # bytes on macOS
-""")
+""") + PRINT_PEAK_KIB
 
 
 def test_prepare_memory_does_not_grow_with_the_corpus(tmp_path):
