@@ -20,7 +20,10 @@ from numgpt._forked import ForkedWorkers, WorkerProcessDied, fork_available, sha
 from numgpt._parallel import default_processes
 from numgpt.model import GPT, GPTConfig
 
-pytestmark = pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork")
+# Concurrent code: a hang (a worker that never replies) fails the test after 120 s with every thread's
+# stack (pytest-timeout, in the test extra) instead of holding CI until it is killed.
+pytestmark = [pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork"),
+              pytest.mark.timeout(120, method="thread")]
 
 
 def _config(**overrides):
