@@ -347,7 +347,7 @@ def test_changing_the_worker_count_restarts_the_workers(models):
 
 
 @pytest.mark.parametrize("value, expected", [(None, "auto"), ("auto", "auto"), ("1", True), ("0", False),
-                                             (" AUTO ", "auto")])
+                                             (" AUTO ", "auto"), ("", "auto"), ("  ", "auto")])
 def test_default_processes_reads_the_environment(monkeypatch, value, expected):
     if value is None:
         monkeypatch.delenv("NUMGPT_PROCESSES", raising=False)
