@@ -389,3 +389,31 @@ def test_evaluation_loss_with_processes_is_the_whole_batch_mean(B, models):
         assert forked.loss(idx, targets) == pytest.approx(one.loss(idx, targets), rel=1e-13)
     with pytest.raises(ValueError, match="ignore_index"):
         forked.loss(idx, np.full_like(targets, -1))
+
+
+def test_a_forked_child_runs_parallel_jobs_on_a_pool_of_its_own():
+    # The parent's pool has run jobs, so its threads sit idle; a fork copies the pool but not its
+    # threads, and a child that used that copy would wait forever for a job handed to an idle
+    # thread that exists only in the parent (one pooled job: no new thread is started for it).
+    from numgpt._parallel import run_parallel
+
+    assert run_parallel(lambda x: 2 * x, [(1,), (2,), (3,)]) == [2, 4, 6]
+    pid = os.fork()
+    if pid == 0:                                    # the child: exit 0 only if the jobs ran
+        code = 1
+        try:
+            signal.alarm(10)                        # a hang ends the child, never the test run
+            code = 0 if run_parallel(lambda x: 2 * x, [(4,), (5,)]) == [8, 10] else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's parallel jobs never ran")
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child's parallel jobs failed or hung"
