@@ -775,6 +775,48 @@ def test_sink_reports_a_turn_that_can_never_come(waited):
 
 
 @CONCURRENT_TIMEOUT
+@pytest.mark.parametrize("case", ["tied", "skipped"])
+def test_sink_error_says_what_each_worker_waits_for(case):
+    # The whole message, with counts that are not zero. "tied": worker 1 never adds path 0 of the
+    # tied "t", so both wait for path 1. "skipped": of three workers, worker 1 never adds "w".
+    from numgpt.model import GradientOrderError, GradientSink
+
+    if case == "tied":
+        additions = [[("t", 0), ("t", 1)], [("t", 1)]]
+        expected = ("gradient additions out of order, no worker can ever add again: "
+                    "worker 0 waits to add 't' (path 1), which needs 0 earlier worker(s) to have added it (0 have) "
+                    "and all 2 workers to have added path 0 (1 have); "
+                    "worker 1 waits to add 't' (path 1), which needs 1 earlier worker(s) to have added it (0 have) "
+                    "and all 2 workers to have added path 0 (1 have)")
+    else:
+        additions = [[("t", 0), ("w", 0), ("t", 1)], [("t", 0), ("t", 1)], [("t", 0), ("w", 0), ("t", 1)]]
+        expected = ("gradient additions out of order, no worker can ever add again: "
+                    "worker 2 waits to add 'w' (path 0), which needs 2 earlier worker(s) to have added it (1 have); "
+                    "finished: workers [0, 1]")
+    sink = GradientSink({"t": np.zeros(1), "w": np.zeros(1)}, len(additions))
+    # No worker calls sink.fail() here: the error itself must release the others.
+    errors = [None] * len(additions)
+
+    def run(k):
+        try:
+            for name, path in additions[k]:
+                sink.add(k, name, np.ones(1), path)
+            sink.finish(k)
+        except Exception as e:            # noqa: BLE001  (checked below)
+            errors[k] = e
+
+    import threading
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(additions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a worker still waits after the error"
+    reported = [e for e in errors if isinstance(e, GradientOrderError)]
+    assert len(reported) == 1 and str(reported[0]) == expected, errors
+
+
+@CONCURRENT_TIMEOUT
 def test_sink_wait_ends_after_its_timeout_when_another_worker_is_stuck(monkeypatch):
     # Worker 0 never adds nor finishes (stuck outside the sink): worker 1 must not wait forever.
     from numgpt.model import GradientOrderError, GradientSink
