@@ -417,3 +417,11 @@ def test_a_forked_child_runs_parallel_jobs_on_a_pool_of_its_own():
         os.waitpid(pid, 0)
         pytest.fail("the forked child's parallel jobs never ran")
     assert os.waitstatus_to_exitcode(status) == 0, "the forked child's parallel jobs failed or hung"
+
+
+def test_workers_refuse_to_start_without_fork(monkeypatch):
+    import numgpt._forked as forked_module
+
+    monkeypatch.setattr(forked_module, "fork_available", lambda: False)
+    with pytest.raises(RuntimeError, match="^forked worker processes need Linux's fork start method$"):
+        ForkedWorkers(1, print)

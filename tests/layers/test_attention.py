@@ -367,6 +367,8 @@ def test_step_forward_rejects_a_mismatched_cache_or_overflow():
     k_cache, v_cache = empty_caches(2, 2, 4, 2)
     with pytest.raises(ValueError, match=r"qkv shape \(2, 3, 12\) does not match the cache \(2, 2, 4, 2\) with n_head=4"):
         attention_step_forward(qkv, k_cache, v_cache, 0, 4)
+    with pytest.raises(ValueError, match=r"qkv shape \(1, 3, 12\) does not match the cache \(2, 2, 4, 2\) with n_head=2"):
+        attention_step_forward(qkv[:1], k_cache, v_cache, 0, 2)          # another batch size
     with pytest.raises(ValueError, match=r"positions 2..4 exceed the cache length 4"):
         attention_step_forward(qkv, k_cache, v_cache, 2, 2)
     with pytest.raises(TypeError, match=r"qkv must be a numpy.ndarray"):
