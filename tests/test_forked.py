@@ -425,3 +425,13 @@ def test_workers_refuse_to_start_without_fork(monkeypatch):
     monkeypatch.setattr(forked_module, "fork_available", lambda: False)
     with pytest.raises(RuntimeError, match="^forked worker processes need Linux's fork start method$"):
         ForkedWorkers(1, print)
+
+
+def test_worker_processes_are_named_daemons():
+    # Named so that ps and top show whose they are; daemons, so they never outlive the parent.
+    workers = ForkedWorkers(2, print)
+    try:
+        assert [p.name for p in workers._procs] == ["numgpt-worker-1", "numgpt-worker-2"]
+        assert all(p.daemon is True for p in workers._procs)
+    finally:
+        workers.close()
