@@ -435,3 +435,32 @@ def test_worker_processes_are_named_daemons():
         assert all(p.daemon is True for p in workers._procs)
     finally:
         workers.close()
+
+
+def test_fork_is_used_on_linux_only(monkeypatch):
+    # macOS offers the fork start method too, but forking there is unsafe (system frameworks).
+    monkeypatch.setattr("sys.platform", "darwin")
+    assert not fork_available()
+
+
+def test_a_closed_set_of_workers_takes_no_jobs():
+    workers = ForkedWorkers(1, print)
+    workers.close()
+    with pytest.raises(RuntimeError, match="^these worker processes are closed$"):
+        workers.submit(0, ("x",))
+
+
+def test_the_thread_pool_grows_to_run_every_job_at_once(monkeypatch):
+    # Jobs of one step wait for each other (the gradient sink), so run_parallel must run them all
+    # at the same time: a pool left smaller by an earlier call has to grow.
+    import threading
+
+    import numgpt._parallel as parallel
+    from numgpt._parallel import run_parallel
+
+    monkeypatch.setattr(parallel, "_pool", None)                     # this test's pools, from nothing
+    monkeypatch.setattr(parallel, "_pool_size", 0)
+    assert run_parallel(lambda x: x, [(1,), (2,)]) == [1, 2]        # a pool of one thread
+    assert parallel._pool_size == 1
+    barrier = threading.Barrier(4, timeout=20)
+    assert run_parallel(lambda x: (barrier.wait(), x)[1], [(k,) for k in range(4)]) == [0, 1, 2, 3]

@@ -814,6 +814,11 @@ def test_sink_error_says_what_each_worker_waits_for(case):
         assert not t.is_alive(), "a worker still waits after the error"
     reported = [e for e in errors if isinstance(e, GradientOrderError)]
     assert len(reported) == 1 and str(reported[0]) == expected, errors
+    # the other waiting workers were released with WorkerFailed
+    from numgpt.model import WorkerFailed
+    released = [e for e in errors if e is not None and e is not reported[0]]
+    assert all(type(e) is WorkerFailed and str(e) == "another worker of this step failed" for e in released)
+    assert len(released) == (1 if case == "tied" else 0)
 
 
 @CONCURRENT_TIMEOUT
