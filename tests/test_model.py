@@ -566,6 +566,32 @@ def test_threads_when_one_slice_has_no_targets():
         two.loss_and_grads(idx, np.full_like(targets, -1))
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_a_batch_with_one_target_and_one_with_none(n_threads):
+    one = randomised_model(tiny_config(n_layer=1))
+    model = randomised_model(tiny_config(n_layer=1))
+    one.set_threads(1)
+    model.set_threads(n_threads)
+    idx, targets = batch(model.config, B=4, T=5, seed=3)
+    targets[...] = -1
+    targets[3, 2] = 4                # one target in all: its loss, not an error
+    loss, _ = model.loss_and_grads(idx, targets)
+    assert loss == pytest.approx(one.loss_and_grads(idx, targets)[0], rel=1e-13)
+    np.testing.assert_allclose(model.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+    with pytest.raises(ValueError, match=r"^every target equals ignore_index=-1: the mean loss over no "
+                                         r"targets is undefined$"):
+        model.loss_and_grads(idx, np.full_like(targets, -1))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_dropout_runs_on_one_thread_and_on_two(n_threads):
+    model = GPT(tiny_config(dropout=0.3), seed=0, dtype=np.float64)
+    model.set_threads(n_threads)
+    idx, targets = batch(model.config, B=4)
+    loss, _ = model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
+    assert loss != model.loss(idx, targets)
+
+
 def test_threaded_dropout_is_reproducible():
     model = GPT(tiny_config(dropout=0.3), seed=0, dtype=np.float64)
     model.set_threads(2)
