@@ -45,6 +45,22 @@ def default_processes():
     return choices[env]
 
 
+def _forget_the_pool():
+    """In a forked child: drop the parent's pool, whose threads were not copied by the fork.
+
+    The copy would take jobs and never run them (its idle threads exist only in
+    the parent), so the child's first parallel step would wait forever; the
+    child starts a pool of its own instead.
+    """
+    global _pool, _pool_size, _lock
+    _pool, _pool_size = None, 0
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_the_pool)
+
+
 def _get_pool(workers):
     global _pool, _pool_size
     with _lock:

@@ -20,7 +20,10 @@ from numgpt._forked import ForkedWorkers, WorkerProcessDied, fork_available, sha
 from numgpt._parallel import default_processes
 from numgpt.model import GPT, GPTConfig
 
-pytestmark = pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork")
+# Concurrent code: a hang (a worker that never replies) fails the test after 120 s with every thread's
+# stack (pytest-timeout, in the test extra) instead of holding CI until it is killed.
+pytestmark = [pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork"),
+              pytest.mark.timeout(120, method="thread")]
 
 
 def _config(**overrides):
@@ -344,7 +347,7 @@ def test_changing_the_worker_count_restarts_the_workers(models):
 
 
 @pytest.mark.parametrize("value, expected", [(None, "auto"), ("auto", "auto"), ("1", True), ("0", False),
-                                             (" AUTO ", "auto")])
+                                             (" AUTO ", "auto"), ("", "auto"), ("  ", "auto")])
 def test_default_processes_reads_the_environment(monkeypatch, value, expected):
     if value is None:
         monkeypatch.delenv("NUMGPT_PROCESSES", raising=False)
@@ -386,3 +389,78 @@ def test_evaluation_loss_with_processes_is_the_whole_batch_mean(B, models):
         assert forked.loss(idx, targets) == pytest.approx(one.loss(idx, targets), rel=1e-13)
     with pytest.raises(ValueError, match="ignore_index"):
         forked.loss(idx, np.full_like(targets, -1))
+
+
+def test_a_forked_child_runs_parallel_jobs_on_a_pool_of_its_own():
+    # The parent's pool has run jobs, so its threads sit idle; a fork copies the pool but not its
+    # threads, and a child that used that copy would wait forever for a job handed to an idle
+    # thread that exists only in the parent (one pooled job: no new thread is started for it).
+    from numgpt._parallel import run_parallel
+
+    assert run_parallel(lambda x: 2 * x, [(1,), (2,), (3,)]) == [2, 4, 6]
+    pid = os.fork()
+    if pid == 0:                                    # the child: exit 0 only if the jobs ran
+        code = 1
+        try:
+            signal.alarm(10)                        # a hang ends the child, never the test run
+            code = 0 if run_parallel(lambda x: 2 * x, [(4,), (5,)]) == [8, 10] else 2
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's parallel jobs never ran")
+    assert os.waitstatus_to_exitcode(status) == 0, "the forked child's parallel jobs failed or hung"
+
+
+def test_workers_refuse_to_start_without_fork(monkeypatch):
+    import numgpt._forked as forked_module
+
+    monkeypatch.setattr(forked_module, "fork_available", lambda: False)
+    with pytest.raises(RuntimeError, match="^forked worker processes need Linux's fork start method$"):
+        ForkedWorkers(1, print)
+
+
+def test_worker_processes_are_named_daemons():
+    # Named so that ps and top show whose they are; daemons, so they never outlive the parent.
+    workers = ForkedWorkers(2, print)
+    try:
+        assert [p.name for p in workers._procs] == ["numgpt-worker-1", "numgpt-worker-2"]
+        assert all(p.daemon is True for p in workers._procs)
+    finally:
+        workers.close()
+
+
+def test_fork_is_used_on_linux_only(monkeypatch):
+    # macOS offers the fork start method too, but forking there is unsafe (system frameworks).
+    monkeypatch.setattr("sys.platform", "darwin")
+    assert not fork_available()
+
+
+def test_a_closed_set_of_workers_takes_no_jobs():
+    workers = ForkedWorkers(1, print)
+    workers.close()
+    with pytest.raises(RuntimeError, match="^these worker processes are closed$"):
+        workers.submit(0, ("x",))
+
+
+def test_the_thread_pool_grows_to_run_every_job_at_once(monkeypatch):
+    # Jobs of one step wait for each other (the gradient sink), so run_parallel must run them all
+    # at the same time: a pool left smaller by an earlier call has to grow.
+    import threading
+
+    import numgpt._parallel as parallel
+    from numgpt._parallel import run_parallel
+
+    monkeypatch.setattr(parallel, "_pool", None)                     # this test's pools, from nothing
+    monkeypatch.setattr(parallel, "_pool_size", 0)
+    assert run_parallel(lambda x: x, [(1,), (2,)]) == [1, 2]        # a pool of one thread
+    assert parallel._pool_size == 1
+    barrier = threading.Barrier(4, timeout=20)
+    assert run_parallel(lambda x: (barrier.wait(), x)[1], [(k,) for k in range(4)]) == [0, 1, 2, 3]

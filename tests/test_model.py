@@ -566,6 +566,32 @@ def test_threads_when_one_slice_has_no_targets():
         two.loss_and_grads(idx, np.full_like(targets, -1))
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_a_batch_with_one_target_and_one_with_none(n_threads):
+    one = randomised_model(tiny_config(n_layer=1))
+    model = randomised_model(tiny_config(n_layer=1))
+    one.set_threads(1)
+    model.set_threads(n_threads)
+    idx, targets = batch(model.config, B=4, T=5, seed=3)
+    targets[...] = -1
+    targets[3, 2] = 4                # one target in all: its loss, not an error
+    loss, _ = model.loss_and_grads(idx, targets)
+    assert loss == pytest.approx(one.loss_and_grads(idx, targets)[0], rel=1e-13)
+    np.testing.assert_allclose(model.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+    with pytest.raises(ValueError, match=r"^every target equals ignore_index=-1: the mean loss over no "
+                                         r"targets is undefined$"):
+        model.loss_and_grads(idx, np.full_like(targets, -1))
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_dropout_runs_on_one_thread_and_on_two(n_threads):
+    model = GPT(tiny_config(dropout=0.3), seed=0, dtype=np.float64)
+    model.set_threads(n_threads)
+    idx, targets = batch(model.config, B=4)
+    loss, _ = model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
+    assert loss != model.loss(idx, targets)
+
+
 def test_threaded_dropout_is_reproducible():
     model = GPT(tiny_config(dropout=0.3), seed=0, dtype=np.float64)
     model.set_threads(2)
@@ -772,6 +798,53 @@ def test_sink_reports_a_turn_that_can_never_come(waited):
     else:
         assert "worker 1 waits to add 'wpe' (path 0), which needs 1 earlier worker(s) to have added it (0 have)" \
             in message and "finished: workers [0]" in message
+
+
+@CONCURRENT_TIMEOUT
+@pytest.mark.parametrize("case", ["tied", "skipped"])
+def test_sink_error_says_what_each_worker_waits_for(case):
+    # The whole message, with counts that are not zero. "tied": worker 1 never adds path 0 of the
+    # tied "t", so both wait for path 1. "skipped": of three workers, worker 1 never adds "w".
+    from numgpt.model import GradientOrderError, GradientSink
+
+    if case == "tied":
+        additions = [[("t", 0), ("t", 1)], [("t", 1)]]
+        expected = ("gradient additions out of order, no worker can ever add again: "
+                    "worker 0 waits to add 't' (path 1), which needs 0 earlier worker(s) to have added it (0 have) "
+                    "and all 2 workers to have added path 0 (1 have); "
+                    "worker 1 waits to add 't' (path 1), which needs 1 earlier worker(s) to have added it (0 have) "
+                    "and all 2 workers to have added path 0 (1 have)")
+    else:
+        additions = [[("t", 0), ("w", 0), ("t", 1)], [("t", 0), ("t", 1)], [("t", 0), ("w", 0), ("t", 1)]]
+        expected = ("gradient additions out of order, no worker can ever add again: "
+                    "worker 2 waits to add 'w' (path 0), which needs 2 earlier worker(s) to have added it (1 have); "
+                    "finished: workers [0, 1]")
+    sink = GradientSink({"t": np.zeros(1), "w": np.zeros(1)}, len(additions))
+    # No worker calls sink.fail() here: the error itself must release the others.
+    errors = [None] * len(additions)
+
+    def run(k):
+        try:
+            for name, path in additions[k]:
+                sink.add(k, name, np.ones(1), path)
+            sink.finish(k)
+        except Exception as e:            # noqa: BLE001  (checked below)
+            errors[k] = e
+
+    import threading
+    threads = [threading.Thread(target=run, args=(k,), daemon=True) for k in range(len(additions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+        assert not t.is_alive(), "a worker still waits after the error"
+    reported = [e for e in errors if isinstance(e, GradientOrderError)]
+    assert len(reported) == 1 and str(reported[0]) == expected, errors
+    # the other waiting workers were released with WorkerFailed
+    from numgpt.model import WorkerFailed
+    released = [e for e in errors if e is not None and e is not reported[0]]
+    assert all(type(e) is WorkerFailed and str(e) == "another worker of this step failed" for e in released)
+    assert len(released) == (1 if case == "tied" else 0)
 
 
 @CONCURRENT_TIMEOUT

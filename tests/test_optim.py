@@ -57,7 +57,7 @@ def test_decay_mask_from_layout():
     parts = split(mask)
     assert parts["wte"].all() and parts["w"].all()
     assert not parts["bias"].any() and not parts["gain"].any()
-    assert decay_mask_from_layout([]).shape == (0,)
+    assert decay_mask_from_layout([]).shape == (0,) and decay_mask_from_layout([]).dtype == bool
 
 
 @pytest.mark.parametrize("betas, weight_decay", [((0.9, 0.95), 0.1), ((0.8, 0.999), 0.5), ((0.0, 0.5), 0.0)])
@@ -121,9 +121,9 @@ def test_weight_decay_only_on_masked_entries():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"betas": (1.0, 0.9)}, "beta1"),
+    ({"betas": (1.0, 0.9)}, r"^beta1 must be in \[0, 1\), got 1.0$"),
     ({"betas": (-0.1, 0.9)}, "beta1"),
-    ({"betas": (0.9, 1.0)}, "beta2"),
+    ({"betas": (0.9, 1.0)}, r"^beta2 must be in \[0, 1\), got 1.0$"),
     ({"betas": (0.9, 1.5)}, "beta2"),
     ({"eps": 0.0}, "eps"),
     ({"eps": -1e-8}, "eps"),
@@ -134,6 +134,19 @@ def test_weight_decay_only_on_masked_entries():
 def test_adamw_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AdamW(np.zeros(4), np.zeros(4), **kwargs)
+
+
+def test_adamw_defaults_and_a_zero_learning_rate():
+    # nanoGPT's betas and weight decay, PyTorch's lr and eps; lr = 0 is allowed: the parameters
+    # stay where they are and only the moments move.
+    params = np.ones(4)
+    opt = AdamW(params, np.full(4, 0.5), lr=0.0, n_threads=3)
+    assert (opt.lr, opt.beta1, opt.beta2, opt.eps, opt.weight_decay) == (0.0, 0.9, 0.95, 1e-8, 0.1)
+    assert opt.n_threads == 3
+    assert AdamW(np.ones(4), np.ones(4)).lr == 1e-3
+    opt.step()
+    np.testing.assert_array_equal(params, 1.0)
+    assert opt.t == 1 and opt.m.any()
 
 
 def test_adamw_buffer_validation():
@@ -198,6 +211,12 @@ def test_clip_grad_norm_no_op_below_and_disabled_with_zero():
     big = np.array([30.0, 40.0])
     assert clip_grad_norm(big, 0.0) == pytest.approx(50.0)
     np.testing.assert_array_equal(big, [30.0, 40.0])
+
+
+def test_clip_grad_norm_leaves_a_norm_of_exactly_max_norm_alone():
+    grads = np.array([3.0, 4.0])                            # norm 5, exactly
+    assert clip_grad_norm(grads, 5.0) == 5.0
+    np.testing.assert_array_equal(grads, [3.0, 4.0])
 
 
 def test_clip_grad_norm_float32_large_buffer():
@@ -348,3 +367,25 @@ def test_blocked_and_threaded_update_matches_the_plain_formula():
     for params in runs:
         np.testing.assert_allclose(params, p, rtol=1e-12, atol=1e-14)
     np.testing.assert_array_equal(runs[0], runs[1])
+
+
+def test_float32_update_is_the_plain_formula_in_float32_bit_for_bit():
+    # The blocked update's scratch has the parameters' dtype: every intermediate is rounded to
+    # float32 exactly as the plain formula in float32 rounds it (a float64 scratch would not).
+    n = 3000
+    rng = np.random.default_rng(6)
+    start = rng.standard_normal(n).astype(np.float32)
+    params, grads = start.copy(), np.zeros(n, dtype=np.float32)
+    lr, b1, b2, eps, wd = 3e-2, 0.9, 0.95, 1e-8, 0.1
+    opt = AdamW(params, grads, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd, n_threads=1)
+    p, m, v = start.copy(), np.zeros(n, np.float32), np.zeros(n, np.float32)
+    for t in range(1, 4):
+        g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 1, n)).astype(np.float32)
+        grads[...] = g
+        opt.step()
+        p = p * (1.0 - lr * wd)
+        m = m * b1 + g * (1.0 - b1)
+        v = v * b2 + (g * g) * (1.0 - b2)
+        p = p - (m / (np.sqrt(v) * (1.0 / math.sqrt(1.0 - b2 ** t)) + eps)) * (lr / (1.0 - b1 ** t))
+        assert p.dtype == np.float32
+        np.testing.assert_array_equal(params, p)

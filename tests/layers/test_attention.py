@@ -367,6 +367,8 @@ def test_step_forward_rejects_a_mismatched_cache_or_overflow():
     k_cache, v_cache = empty_caches(2, 2, 4, 2)
     with pytest.raises(ValueError, match=r"qkv shape \(2, 3, 12\) does not match the cache \(2, 2, 4, 2\) with n_head=4"):
         attention_step_forward(qkv, k_cache, v_cache, 0, 4)
+    with pytest.raises(ValueError, match=r"qkv shape \(1, 3, 12\) does not match the cache \(2, 2, 4, 2\) with n_head=2"):
+        attention_step_forward(qkv[:1], k_cache, v_cache, 0, 2)          # another batch size
     with pytest.raises(ValueError, match=r"positions 2..4 exceed the cache length 4"):
         attention_step_forward(qkv, k_cache, v_cache, 2, 2)
     with pytest.raises(TypeError, match=r"qkv must be a numpy.ndarray"):
@@ -375,6 +377,21 @@ def test_step_forward_rejects_a_mismatched_cache_or_overflow():
         attention_step_forward(qkv, k_cache, np.zeros((2, 2, 5, 2)), 0, 2)
     with pytest.raises(ValueError, match=r"pos must be a non-negative integer.*1.0"):
         attention_step_forward(qkv, k_cache, v_cache, 1.0, 2)
+
+
+def test_step_forward_names_each_bad_argument():
+    qkv = np.zeros((1, 2, 12))
+    k_cache, v_cache = empty_caches(1, 2, 4, 2)
+    with pytest.raises(ValueError, match=r"^qkv must have 3 dimensions, got shape \(2, 12\)$"):
+        attention_step_forward(qkv[0], k_cache, v_cache, 0, 2)
+    for name in ("k_cache", "v_cache"):
+        caches = {"k_cache": k_cache, "v_cache": v_cache}
+        with pytest.raises(TypeError, match=rf"^{name} must be a numpy.ndarray, got list$"):
+            attention_step_forward(qkv, **{**caches, name: caches[name].tolist()}, pos=0, n_head=2)
+        with pytest.raises(ValueError, match=rf"^{name} must have 4 dimensions, got shape \(2, 4, 2\)$"):
+            attention_step_forward(qkv, **{**caches, name: caches[name][0]}, pos=0, n_head=2)
+        with pytest.raises(TypeError, match=rf"^{name} has dtype float32 but qkv has dtype float64"):
+            attention_step_forward(qkv, **{**caches, name: caches[name].astype(np.float32)}, pos=0, n_head=2)
 
 
 def test_step_forward_rejects_a_negative_position_by_name():
