@@ -150,6 +150,19 @@ def test_dtype_is_preserved(dtype, p):
 # -- bad input ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_mask_is_drawn_in_the_input_dtype(dtype):
+    # One uniform number per element, in x's own dtype (float32 runs make no float64 temporaries),
+    # kept where it is >= p: the mask is exactly that draw, so a resumed run replays it.
+    p, shape = 0.3, (3, 4, 5)
+    x = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    out, _ = dropout_forward(x, p, np.random.default_rng(7))
+    u = np.random.default_rng(7).random(shape, dtype=dtype)
+    expected = np.where(u >= p, x * dtype(1.0 / (1.0 - p)), dtype(0.0))
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out, expected)
+
+
 @pytest.mark.parametrize("p", [1.0, 1.5, -0.1, float("nan"), "0.5", None, True])
 def test_p_outside_zero_one_is_rejected(p):
     with pytest.raises(ValueError, match=r"p must be a number in \[0, 1\), got"):
