@@ -236,12 +236,15 @@ def main(argv=None):
         # NUMGPT_TRACEBACK=1 shows the traceback (for debugging numgpt itself).
         if os.environ.get("NUMGPT_TRACEBACK"):
             raise
-        print(f"numgpt {args.command}: error: {e}", file=sys.stderr)
+        if not getattr(e, "mpi_quiet", False):      # under MPI, rank 0 reports a failure all ranks share
+            print(f"numgpt {args.command}: error: {e}", file=sys.stderr)
         return 1
     except RuntimeError as e:
+        from .parallel.mpi import RankFailed
         from .train import TrainingError
-        if isinstance(e, TrainingError):
-            print(f"numgpt {args.command}: {e}", file=sys.stderr)
+        if isinstance(e, (TrainingError, RankFailed)):
+            if not getattr(e, "mpi_quiet", False):
+                print(f"numgpt {args.command}: {e}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt:
