@@ -9,7 +9,8 @@ Steps are timed as ``benchmarks/train_speed.py`` times them (forward + backward 
 clipping + AdamW, float32, median after warm-up), each measurement in fresh processes: ``mpiexec -n N``
 with one worker and one BLAS thread per rank (what ``numgpt train`` picks when the ranks fill the
 cores), and one process as ``numgpt train`` runs it (its forked or threaded workers). Under MPI the
-gradient all-reduce is also timed on its own inside each step, to give its share of the step.
+gradient all-reduce is also timed on its own inside each step, to give its share of the step, after
+a barrier that separates it from the time spent waiting for the slower rank (also reported).
 Needs ``pip install -e '.[mpi]'``.
 """
 
@@ -50,7 +51,7 @@ def step_worker(name, steps, warmup, use_mpi):
 
     L, H, C, T, B, V = CONFIGS[name]
     tune_malloc()
-    reduce_times = []
+    reduce_times, wait_times = [], []
     if use_mpi:
         comm = mpi_module.mpi_world()
         n_workers = mpi_module.workers_per_rank(comm)
@@ -58,10 +59,14 @@ def step_worker(name, steps, warmup, use_mpi):
         real = mpi_module.allreduce_sum
 
         def timed(comm, array):
+            if array.size == 1:                 # the loss, not the gradient buffer
+                return real(comm, array)
             t0 = time.perf_counter()
+            comm.Barrier()                      # waiting for the slower rank, timed apart from the transfer
+            t1 = time.perf_counter()
             real(comm, array)
-            if array.size > 1:                  # the gradient buffer, not the loss
-                reduce_times.append(time.perf_counter() - t0)
+            reduce_times.append(time.perf_counter() - t1)
+            wait_times.append(t1 - t0)
         mpi_module.allreduce_sum = timed
         dp = DataParallel(GPT(GPTConfig(V, T, L, H, C), seed=0), n_workers, comm=comm)
     else:
@@ -83,9 +88,9 @@ def step_worker(name, steps, warmup, use_mpi):
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     dp.close()
-    reduce_times = reduce_times[warmup:]
+    reduce_times, wait_times = reduce_times[warmup:], wait_times[warmup:]
     if comm is None or comm.Get_rank() == 0:
-        print(json.dumps({"times": times, "reduce": reduce_times, "workers": dp.describe()}))
+        print(json.dumps({"times": times, "reduce": reduce_times, "wait": wait_times, "workers": dp.describe()}))
 
 
 def allreduce_worker(n_params, repeats):
@@ -177,7 +182,7 @@ def main():
         steps = args.steps or STEPS[name]
         warmup = WARMUP[name] if args.warmup is None else args.warmup
         rounds = {"mpi": [], "one": []}
-        shares, reduces, workers = [], [], {}
+        shares, reduces, waits, workers = [], [], [], {}
         for _ in range(args.repeats):
             for kind in ("mpi", "one"):
                 res = measure_step(name, args.ranks if kind == "mpi" else 0, steps, warmup)
@@ -186,6 +191,7 @@ def main():
                 if kind == "mpi":
                     reduce_ms = 1000 * statistics.median(res["reduce"])
                     reduces.append(reduce_ms)
+                    waits.append(1000 * statistics.median(res["wait"]))
                     shares.append(reduce_ms / rounds["mpi"][-1])
         mpi_ms, one_ms = statistics.median(rounds["mpi"]), statistics.median(rounds["one"])
         print(f"{name:<6} mpiexec -n {args.ranks} ({workers['mpi']}): {mpi_ms:8.1f} ms/step  "
@@ -193,7 +199,8 @@ def main():
         print(f"{'':<6} one process ({workers['one']}): {one_ms:8.1f} ms/step  "
               f"(rounds {', '.join(f'{t:.1f}' for t in rounds['one'])})")
         print(f"{'':<6} one process / MPI = {one_ms / mpi_ms:.2f}; all-reduce {statistics.median(reduces):.2f} ms, "
-              f"{statistics.median(shares):.1%} of the MPI step")
+              f"{statistics.median(shares):.1%} of the MPI step; before it, {statistics.median(waits):.2f} ms "
+              f"waiting for the slower rank")
 
 
 if __name__ == "__main__":
