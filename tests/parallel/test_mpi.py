@@ -12,8 +12,10 @@ run in this process:
 * ``--resume`` under MPI continues exactly as an uninterrupted run; a
   checkpoint written under MPI resumes in one process and the other way round;
 * rank 0 alone writes (checkpoint, metrics log) and prints;
-* a rank that raises or is killed ends the whole job within seconds, and
-  SIGTERM to ``mpiexec`` stops every rank at one iteration with a checkpoint.
+* a rank that raises or is killed ends the whole job within seconds, a
+  failure on one rank during setup fails every rank without an abort, and
+  SIGTERM or SIGINT to ``mpiexec`` stops every rank at one iteration with a
+  checkpoint.
 
 mpi4py and MPICH come with ``pip install -e '.[mpi]'``; without them these
 tests skip (and fail under NUMGPT_FORBID_SKIPS=1, as in CI).
@@ -254,14 +256,16 @@ def test_a_killed_rank_ends_the_job_within_seconds(textfile, tmp_path):
 
 
 @pytest.mark.timeout(2 * DEADLINE, method="thread")
-def test_sigterm_to_mpiexec_stops_every_rank_at_one_iteration_and_saves(textfile, tmp_path):
+@pytest.mark.parametrize("signum, said", [(signal.SIGTERM, "terminated (SIGTERM): saved"),
+                                          (signal.SIGINT, "interrupted (Ctrl-C): saved")], ids=["sigterm", "sigint"])
+def test_a_signal_to_mpiexec_stops_every_rank_at_one_iteration_and_saves(textfile, tmp_path, signum, said):
     out = tmp_path / "run"
     proc = _start(tmp_path, 2, _train_args(textfile, out))
     _wait_for_iterations(proc, 3)
-    proc.send_signal(signal.SIGTERM)             # to mpiexec alone: it forwards the signal to the ranks
+    proc.send_signal(signum)                     # to mpiexec alone: it forwards the signal to the ranks
     code, stdout, err = _finish(proc, 60)
-    assert code == 128 + signal.SIGTERM, stdout + err
-    assert stdout.count("terminated (SIGTERM): saved") == 1 and stdout.count("resume with:") == 1, stdout
+    assert code == 128 + signum, stdout + err
+    assert stdout.count(said) == 1 and stdout.count("resume with:") == 1, stdout
     saved = load_checkpoint(out / CHECKPOINT_NAME)[1]["iter_num"]
     entries = [json.loads(line) for line in (out / METRICS_NAME).read_text().splitlines()]
     assert saved == max(e["iter"] for e in entries) >= 3
