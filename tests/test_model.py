@@ -11,7 +11,6 @@ identity gain hides a missing factor.
 """
 
 import math
-import time
 
 import numpy as np
 import pytest
