@@ -53,14 +53,15 @@ def peak_rss_mib():
 def worker_numgpt(cfg, steps, warmup):
     import numpy as np
 
-    from numgpt._parallel import default_processes
+    from numgpt._malloc import tune_malloc
     from numgpt.model import GPT, GPTConfig
     from numgpt.optim import AdamW, clip_grad_norm, decay_mask_from_layout
+    from numgpt.parallel import DataParallel, default_processes
 
     L, H, C, T, B, V = cfg
-    model = GPT(GPTConfig(V, T, L, H, C), seed=0)
-    model.set_threads(model.n_threads, processes=default_processes())    # as `numgpt train` does
-    opt = AdamW(model.flat_params, model.flat_grads, decay_mask_from_layout(model.layout), lr=1e-4,
+    tune_malloc()                                                        # as `numgpt train` does
+    model = DataParallel(GPT(GPTConfig(V, T, L, H, C), seed=0), processes=default_processes())
+    opt = AdamW(model.flat_params, model.flat_grads, decay_mask_from_layout(model.model.layout), lr=1e-4,
                 betas=(0.9, 0.99), weight_decay=0.1)
     rng = np.random.default_rng(0)
     times = []
@@ -74,7 +75,7 @@ def worker_numgpt(cfg, steps, warmup):
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     model.close()                   # joins the worker processes, so that their peak RSS is counted
-    return times, ("processes" if model.processes and model.n_threads > 1 else "threads")
+    return times, ("processes" if model.processes and model.n_workers > 1 else "threads")
 
 
 def worker_torch(cfg, steps, warmup, threads):

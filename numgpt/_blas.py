@@ -1,7 +1,7 @@
 """How many threads NumPy's BLAS may use, read and set at run time.
 
 Why: numgpt's training step runs one worker thread per core, each on a slice
-of the batch (see ``GPT.loss_and_grads``). Inside those workers every matmul
+of the batch (see ``numgpt.parallel.DataParallel``). Inside those workers every matmul
 should run on its own core; a BLAS that also spawns threads per call would
 oversubscribe the cores (measured here: two threaded OpenBLAS calls at once
 ran slower than one). OpenBLAS exposes ``openblas_set_num_threads``; NumPy's

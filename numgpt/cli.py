@@ -503,13 +503,16 @@ def main(argv=None):
         # NUMGPT_TRACEBACK=1 shows the traceback (for debugging numgpt itself).
         if os.environ.get("NUMGPT_TRACEBACK"):
             raise
-        message = describe_os_error(e) if isinstance(e, OSError) else e
-        print(f"numgpt {command}: error: {message}", file=sys.stderr)
+        if not getattr(e, "mpi_quiet", False):      # under MPI, rank 0 reports a failure all ranks share
+            message = describe_os_error(e) if isinstance(e, OSError) else e
+            print(f"numgpt {command}: error: {message}", file=sys.stderr)
         return 1
     except RuntimeError as e:
+        from .parallel.mpi import RankFailed
         from .train import TrainingError
-        if isinstance(e, TrainingError):
-            print(f"numgpt {command}: {e}", file=sys.stderr)
+        if isinstance(e, (TrainingError, RankFailed)):
+            if not getattr(e, "mpi_quiet", False):
+                print(f"numgpt {command}: {e}", file=sys.stderr)
             return 1
         raise
     except KeyboardInterrupt as e:

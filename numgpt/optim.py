@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ._parallel import default_threads, run_parallel, split
+from .parallel.threads import default_threads, run_parallel, split
 
 _BLOCK = 1 << 16      # elements per block of the fused update: a few arrays of it fit in L2 cache
 

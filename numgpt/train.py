@@ -27,6 +27,14 @@ Nothing is lost:
   change nothing, so the checkpoint on disk is always complete and never
   behind the metrics log.
 
+More than one process: under ``mpiexec -n N`` (see :mod:`numgpt.parallel.mpi`)
+every rank trains its share of each global batch and the gradients are summed
+over the ranks; rank 0 alone holds the run directory, writes the checkpoint
+and the metrics log and prints, and broadcasts the starting state (fresh or
+resumed) so that every rank starts identical. Steps that may fail on one rank
+only are agreed on by all (:func:`numgpt.parallel.mpi.agree`); any other
+error on a rank aborts the job with that rank's message.
+
 Determinism: the training batches (and dropout masks) come from one
 ``numpy.random.Generator`` whose state is saved in every checkpoint;
 evaluation batches come from generators seeded by (seed, iteration). A
@@ -45,12 +53,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._parallel import default_processes
+from ._blas import set_blas_threads
+from ._malloc import tune_malloc
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, save_run
 from .config import TrainConfig, load_config_file, resume_settings
 from .data import prepare_data
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout
+from .parallel import DataParallel, default_processes
+from .parallel.mpi import (agree, max_over_ranks, mpi_world, quiet_other_ranks, stop_job_on_error,
+                           workers_per_rank)
 from .rundir import METRICS_NAME, RunDirectory, describe_os_error
 from .sample import generate, generate_text
 
@@ -89,13 +101,26 @@ def train(cfg, log=print, *, stop=None):
     be used as asked, ``DataError`` for unusable data, ``CheckpointError``
     for an unusable checkpoint, and :class:`Stopped` for a signal that came
     before training began (nothing was written then).
+
+    Under an MPI launcher (``mpiexec -n N``, or ``NUMGPT_MPI=1``) every rank
+    calls this and trains one model together (``batch_size`` is the global
+    batch); only rank 0 logs and writes, and the other ranks' standard
+    output is discarded from here on (their errors still reach standard error).
     """
     cfg = dataclasses.replace(cfg).validate()
+    comm = mpi_world()                  # None unless this process is one rank of an MPI job
+    if comm is not None:
+        quiet_other_ranks(comm)
+    with stop_job_on_error(comm):
+        return _train(cfg, log if comm is None or comm.Get_rank() == 0 else _quiet, comm, stop)
+
+
+def _train(cfg, log, comm, stop):
     with contextlib.ExitStack() as stack:
         if stop is None:
             stop = stack.enter_context(StopSignals())
-        run_dir = stack.enter_context(RunDirectory(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log))
-        run = _Run.start(cfg, run_dir, log)
+        run_dir = stack.enter_context(_run_directory(cfg, log, comm))
+        run = _Run.start(cfg, run_dir, log, comm)
         cfg, model = run.cfg, run.model
         metrics = run_dir.open_metrics(run.iter_num if cfg.resume else None)
         tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
@@ -119,8 +144,9 @@ def train(cfg, log=print, *, stop=None):
                     log(line)
                 if done or cfg.eval_only:
                     break
-                if stop.signal is not None:
-                    stop_signal = stop.signal
+                signum = stop.signal if comm is None else max_over_ranks(comm, stop.signal or 0) or None
+                if signum is not None:              # (under MPI: every rank stops at this iteration)
+                    stop_signal = signal.Signals(signum)
                     saved = f"{run.checkpoint_path} is up to date" if run.saved_iter == run.iter_num \
                         else run.save(_SIGNAL_NAMES[stop_signal])
                     log(f"{_SIGNAL_NAMES[stop_signal]}: {saved} at iteration {run.iter_num}")
@@ -143,10 +169,10 @@ def train(cfg, log=print, *, stop=None):
                                       "tokens_per_s": tok_s, "grad_norm": norm})
         finally:
             metrics.close()
-            model.close()               # the worker processes, if any
+            run.dp.close()              # the worker processes, if any
 
     samples = None
-    if cfg.sample_tokens and run.tokenizer is not None and stop_signal is None:
+    if cfg.sample_tokens and run.tokenizer is not None and stop_signal is None and run.dp.rank == 0:
         samples = generate_text(model, run.tokenizer, "", num_samples=1, max_new_tokens=cfg.sample_tokens,
                                 temperature=0.8, top_k=None, seed=cfg.seed)
         log("sample:\n" + samples[0])
@@ -155,22 +181,49 @@ def train(cfg, log=print, *, stop=None):
 
 
 class _Run:
-    """The state a run carries from step to step: model, optimizer, data, generator and position."""
+    """The state a run carries from step to step: model, optimizer, data, generator and position.
 
-    def __init__(self, cfg, model, optimizer, data, rng, checkpoint_path, iter_num=0, best_val=float("inf")):
-        self.cfg, self.model, self.optimizer, self.data, self.rng = cfg, model, optimizer, data, rng
+    ``dp`` is the model wrapped for batch parallelism (numgpt.parallel); the
+    optimizer works on its buffers.
+    """
+
+    def __init__(self, cfg, dp, optimizer, data, rng, checkpoint_path, iter_num=0, best_val=float("inf")):
+        self.cfg, self.dp, self.model, self.optimizer, self.data, self.rng = cfg, dp, dp.model, optimizer, data, rng
         self.tokenizer = data.tokenizer
         self.checkpoint_path, self.iter_num, self.best_val = checkpoint_path, iter_num, best_val
         self.saved_iter = None       # the iteration of the last checkpoint this run wrote
 
     @classmethod
-    def start(cls, cfg, run_dir, log):
-        """A fresh run (a new model, or GPT-2 weights to fine-tune) or the one saved in ``run_dir``."""
+    def start(cls, cfg, run_dir, log, comm=None):
+        """A fresh run (a new model, or GPT-2 weights to fine-tune) or the one saved in ``run_dir``.
+
+        Under MPI every rank builds its own (a failure on any rank fails all),
+        then rank 0's parameters, optimizer state, generator and position are
+        broadcast, so all ranks start identical.
+        """
+        loaded = _load_saved_run(run_dir.checkpoint_path, np.dtype(cfg.dtype), comm) if cfg.resume else None
+        n_workers = None if comm is None else workers_per_rank(comm)     # (a collective: not inside agree)
+        run = agree(comm, cls._build, cfg, run_dir, log, comm, loaded, n_workers)
+        if comm is not None:
+            run._share_state_of_rank_0()
+        mem = run.dp.memory_estimate(run.cfg.batch_size * run.cfg.gradient_accumulation_steps, run.cfg.block_size)
+        model = run.model
+        log(f"model: {model.config.n_layer} layers x {model.config.n_head} heads x {model.config.n_embd}, "
+            f"block {model.config.block_size}; number of parameters: {model.num_params_report() / 1e6:.2f}M; "
+            f"memory estimate {mem['total'] / 2**20:.0f} MiB ({run.cfg.dtype})")
+        log(f"parallel: {run.dp.describe()} per step")
+        return run
+
+    @classmethod
+    def _build(cls, cfg, run_dir, log, comm, loaded, n_workers):
+        """The run as this process builds it; no collectives in here (a failure on one rank must not
+        leave the others waiting: see agree)."""
         dtype = np.dtype(cfg.dtype)
         saved = None
         tokenizer = None
+        tune_malloc()           # recycle freed activation buffers (see numgpt/_malloc.py)
         if cfg.resume:
-            model, tokenizer, meta, arrays = load_run(run_dir.checkpoint_path, dtype=dtype)
+            model, tokenizer, meta, arrays = loaded
             settings, notes = resume_settings(meta.get("train_config"), cfg.to_dict())
             for note in notes:
                 log(f"note: {note}")
@@ -196,19 +249,31 @@ class _Run:
         if model.config.dropout != cfg.dropout:
             model.config = dataclasses.replace(model.config, dropout=cfg.dropout)
 
-        # Forked worker processes when they pay (small models; see GPT.set_threads), else threads.
-        model.set_threads(model.n_threads, processes=default_processes())
-        optimizer = AdamW(model.flat_params, model.flat_grads, decay_mask_from_layout(model.layout),
-                          lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-        run = cls(cfg, model, optimizer, data, np.random.default_rng(cfg.seed), run_dir.checkpoint_path)
+        # Forked worker processes when they pay (small models; see DataParallel), else threads. Under
+        # MPI the machine's cores are shared among its ranks, one BLAS thread per worker.
+        if comm is None:
+            dp = DataParallel(model, processes=default_processes())
+        else:
+            set_blas_threads(n_workers)
+            dp = DataParallel(model, n_workers, processes=default_processes(), comm=comm)
+        # Built on the wrapper's buffers: wrapping may have moved the parameters into shared memory.
+        optimizer = AdamW(dp.flat_params, dp.flat_grads, decay_mask_from_layout(model.layout),
+                          lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
+                          n_threads=dp.n_workers)
+        run = cls(cfg, dp, optimizer, data, np.random.default_rng(cfg.seed), run_dir.checkpoint_path)
         if saved is not None:
             run._restore(*saved)
             log(f"resumed from {run_dir.checkpoint_path} at iteration {run.iter_num}")
-        mem = model.memory_estimate(cfg.batch_size * cfg.gradient_accumulation_steps, cfg.block_size)
-        log(f"model: {model.config.n_layer} layers x {model.config.n_head} heads x {model.config.n_embd}, "
-            f"block {model.config.block_size}; number of parameters: {model.num_params_report() / 1e6:.2f}M; "
-            f"memory estimate {mem['total'] / 2**20:.0f} MiB ({cfg.dtype})")
         return run
+
+    def _share_state_of_rank_0(self):
+        """MPI: every rank takes rank 0's parameters, optimizer state, generator state and position."""
+        comm = self.dp.comm
+        for buffer in (self.model.flat_params, self.optimizer.m, self.optimizer.v):
+            comm.Bcast(buffer, root=0)
+        state = (self.optimizer.t, self.rng.bit_generator.state, self.iter_num, self.best_val)
+        self.optimizer.t, rng_state, self.iter_num, self.best_val = comm.bcast(state, root=0)
+        self.rng.bit_generator.state = rng_state
 
     def _restore(self, meta, arrays):
         if "optim/m" in arrays:
@@ -223,25 +288,28 @@ class _Run:
         cfg, model = self.cfg, self.model
         drop_rng = self.rng if cfg.dropout > 0 else None
         loss = 0.0
-        for micro in range(cfg.gradient_accumulation_steps):
+        n_micro = cfg.gradient_accumulation_steps
+        for micro in range(n_micro):
+            # Under MPI every rank draws the same global batch and trains its rows; the gradients are
+            # summed over the ranks once per step, after the last micro-batch (sync).
             x, y = self.data.batch("train", cfg.batch_size, cfg.block_size, self.rng)
-            micro_loss, _ = model.loss_and_grads(x, y, dropout_rng=drop_rng, accumulate=micro > 0,
-                                                 loss_scale=1.0 / cfg.gradient_accumulation_steps)
-            loss += micro_loss / cfg.gradient_accumulation_steps
+            micro_loss, _ = self.dp.loss_and_grads(x, y, dropout_rng=drop_rng, accumulate=micro > 0,
+                                                   loss_scale=1.0 / n_micro, sync=micro == n_micro - 1)
+            loss += micro_loss / n_micro
         norm = clip_grad_norm(model.flat_grads, cfg.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
             kept = f"the last good checkpoint {self.checkpoint_path} is kept" \
                 if os.path.exists(self.checkpoint_path) else "no checkpoint had been saved yet"
-            raise TrainingError(f"non-finite {what} at iteration {self.iter_num}; training stopped and {kept}. "
-                                f"Try a smaller --learning_rate or --grad_clip.")
+            raise _on_every_rank(TrainingError(f"non-finite {what} at iteration {self.iter_num}; training stopped "
+                                               f"and {kept}. Try a smaller --learning_rate or --grad_clip."), self.dp)
         self.optimizer.step(lr)
         self.iter_num += 1
         return loss, norm
 
     def evaluate(self):
         """``(losses, task accuracy or None, log line)`` at the current iteration."""
-        losses = estimate_loss(self.model, self.data, self.cfg, self.iter_num)
+        losses = estimate_loss(self.dp, self.data, self.cfg, self.iter_num)
         line = f"eval {self.iter_num:>6} | train {losses['train']:.4f} | val {losses['val']:.4f}"
         accuracy = None
         if self.data.task is not None:
@@ -250,7 +318,15 @@ class _Run:
         return losses, accuracy, line
 
     def save(self, reason):
-        """Write the checkpoint; a failure leaves the previous one intact and stops training with one sentence."""
+        """Write the checkpoint; a failure leaves the previous one intact and stops training with one sentence.
+
+        Under MPI rank 0 writes and every rank learns whether that worked.
+        """
+        if self.dp.comm is not None:
+            return agree(self.dp.comm, self._save if self.dp.rank == 0 else lambda reason: "", reason)
+        return self._save(reason)
+
+    def _save(self, reason):
         task = {"name": self.cfg.task} if self.cfg.task else None
         try:
             save_run(self.checkpoint_path, self.model, self.optimizer, self.tokenizer, self.cfg, self.iter_num,
@@ -286,7 +362,10 @@ def _new_model(cfg, data, dtype, log):
 
 
 def estimate_loss(model, data, cfg, it):
-    """Mean loss over ``eval_iters`` batches of each split, from generators seeded by (seed, it)."""
+    """Mean loss over ``eval_iters`` batches of each split, from generators seeded by (seed, it).
+
+    ``model``: a GPT or a ``numgpt.parallel.DataParallel`` (which splits each batch, across MPI ranks too).
+    """
     out = {}
     for k, split in enumerate(("train", "val")):
         rng = np.random.default_rng([cfg.seed, it, k])
@@ -301,6 +380,82 @@ def task_accuracy(model, task, n=500, seed=0):
         out = generate(model, prompts, task.answer_length, temperature=0)
         return out[:, prompts.shape[1]:]
     return task.evaluate(predict, n, np.random.default_rng(seed), batch_size=250)
+
+
+def _load_saved_run(path, dtype, comm):
+    """``load_run``'s ``(model, tokenizer, meta, arrays)``; under MPI rank 0 reads the checkpoint and
+    the other ranks build the model from its metadata (parameters and optimizer state follow by
+    broadcast), so the checkpoint need only be on rank 0's disk."""
+    if comm is None:
+        return load_run(path, dtype=dtype)
+    rank0 = comm.Get_rank() == 0
+    loaded = agree(comm, lambda: load_run(path, dtype=dtype) if rank0 else None)
+    meta = comm.bcast(loaded[2] if rank0 else None, root=0)
+
+    def build():
+        if rank0:
+            return loaded
+        from .tokenizers import tokenizer_from_state
+
+        model = GPT(GPTConfig.from_dict(meta["model_config"]), dtype=dtype, init=False)
+        tokenizer = tokenizer_from_state(meta["tokenizer"]) if meta.get("tokenizer") else None
+        return model, tokenizer, meta, {}
+    return agree(comm, build)
+
+
+@contextlib.contextmanager
+def _run_directory(cfg, log, comm):
+    """The locked run directory on rank 0 (all of it without MPI); the other ranks see its paths only."""
+    if comm is None or comm.Get_rank() == 0:
+        run_dir = RunDirectory(cfg.out_dir, resume=cfg.resume, overwrite=cfg.overwrite, log=log)
+    else:
+        run_dir = _OtherRankRunDir(cfg.out_dir)
+    try:
+        agree(comm, run_dir.open)
+        yield run_dir
+    finally:
+        run_dir.close()
+
+
+class _OtherRankRunDir:
+    """What an MPI rank other than 0 sees of the run directory: no lock, no files, nothing written."""
+
+    def __init__(self, out_dir):
+        self.checkpoint_path = os.path.join(os.fspath(out_dir), CHECKPOINT_NAME)
+
+    def open(self):
+        pass
+
+    def close(self):
+        pass
+
+    def open_metrics(self, resume_iter=None):
+        return _Discard()
+
+
+class _Discard:
+    name = os.devnull
+
+    def write(self, text):
+        pass
+
+    def flush(self):
+        pass
+
+    def close(self):
+        pass
+
+
+def _quiet(*args, **kwargs):
+    pass
+
+
+def _on_every_rank(error, dp):
+    """Mark ``error`` as raised on every MPI rank alike (no abort needed; only rank 0 reports it)."""
+    if dp.comm is not None:
+        error.collective = True
+        error.mpi_quiet = dp.rank != 0
+    return error
 
 
 def _record(metrics, entry):

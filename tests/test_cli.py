@@ -16,7 +16,7 @@ import pytest
 
 from numgpt.checkpoint import load_checkpoint
 from numgpt.cli import main
-from numgpt.model import GPT
+from numgpt.parallel import DataParallel
 
 _SENTENCES = [
     "The lighthouse keeper climbed the stairs at dusk and lit the lamp.",
@@ -271,19 +271,19 @@ def test_shakespeare_offline_points_to_data_path(tmp_path, monkeypatch, capsys):
 
 
 def test_non_finite_loss_is_reported_without_traceback(textfile, tmp_path, monkeypatch, capsys):
-    original = GPT.loss_and_grads
+    original = DataParallel.loss_and_grads
 
     def nan_loss(self, *args, **kwargs):
         _, grads = original(self, *args, **kwargs)
         return float("nan"), grads
 
-    monkeypatch.setattr(GPT, "loss_and_grads", nan_loss)
+    monkeypatch.setattr(DataParallel, "loss_and_grads", nan_loss)
     assert main(train_args(textfile, tmp_path / "out", "--max_iters", "5")) == 1
     assert_clean_error(capsys, "non-finite loss", "iteration 0")
 
 
 def test_ctrl_c_saves_and_prints_how_to_resume(textfile, tmp_path, monkeypatch, capsys):
-    original = GPT.loss_and_grads
+    original = DataParallel.loss_and_grads
     calls = {"n": 0}
 
     def interrupt_at_3(self, *args, **kwargs):
@@ -294,7 +294,7 @@ def test_ctrl_c_saves_and_prints_how_to_resume(textfile, tmp_path, monkeypatch, 
             signal.raise_signal(signal.SIGINT)
         return result
 
-    monkeypatch.setattr(GPT, "loss_and_grads", interrupt_at_3)
+    monkeypatch.setattr(DataParallel, "loss_and_grads", interrupt_at_3)
     out = tmp_path / "out"
     assert main(train_args(textfile, out, "--max_iters", "20")) == 130
     stdout = capsys.readouterr().out

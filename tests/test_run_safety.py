@@ -30,7 +30,7 @@ import pytest
 from numgpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
 from numgpt.cli import main
 from numgpt.config import TrainConfig
-from numgpt.model import GPT
+from numgpt.parallel import DataParallel
 from numgpt.rundir import LOCK_NAME, METRICS_NAME, RunDirError, RunDirectory
 from numgpt.train import TrainingError, train
 
@@ -133,7 +133,7 @@ def test_resume_cuts_the_log_back_to_the_checkpoint(textfile, tmp_path):
 # --- 2, 3. signals: finish the step, save, however many arrive ------------------------------------------
 
 def _signals_at(monkeypatch, step, signals):
-    original = GPT.loss_and_grads
+    original = DataParallel.loss_and_grads
     calls = {"n": 0}
 
     def wrapped(self, *args, **kwargs):
@@ -145,7 +145,7 @@ def _signals_at(monkeypatch, step, signals):
         calls["n"] += 1
         return result
 
-    monkeypatch.setattr(GPT, "loss_and_grads", wrapped)
+    monkeypatch.setattr(DataParallel, "loss_and_grads", wrapped)
 
 
 @pytest.mark.parametrize("signals", [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT] * 5,

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from numgpt._forked import fork_available
+from numgpt.parallel import DataParallel, fork_available
 from numgpt.checkpoint import load_checkpoint
 from numgpt.data import DataError
 from numgpt.model import GPT, GPTConfig
@@ -118,13 +118,17 @@ def test_same_seed_same_losses(textfile, tmp_path):
 
 @pytest.mark.skipif(not fork_available(), reason="worker processes need Linux's fork")
 def test_worker_processes_train_as_threads_do(textfile, tmp_path, monkeypatch):
+    import multiprocessing
+
     monkeypatch.setenv("NUMGPT_THREADS", "2")
     monkeypatch.setenv("NUMGPT_PROCESSES", "0")
-    threads = train(tiny(textfile, tmp_path / "t", dtype="float64", dropout=0.1), log=quiet)
+    logs = {"t": [], "p": []}
+    threads = train(tiny(textfile, tmp_path / "t", dtype="float64", dropout=0.1), log=logs["t"].append)
     monkeypatch.setenv("NUMGPT_PROCESSES", "1")
-    forked = train(tiny(textfile, tmp_path / "p", dtype="float64", dropout=0.1), log=quiet)
-    assert forked.model.processes and not threads.model.processes
-    assert forked.model._workers is None                     # train stops its workers when it ends
+    forked = train(tiny(textfile, tmp_path / "p", dtype="float64", dropout=0.1), log=logs["p"].append)
+    assert "parallel: 2 workers (forked processes) per step" in logs["p"]
+    assert "parallel: 2 workers (threads) per step" in logs["t"]
+    assert not multiprocessing.active_children()             # train stops its workers when it ends
     # the same masks and batches; only the order of one sum (the tied wte's) differs
     np.testing.assert_allclose(forked.losses, threads.losses, rtol=1e-12)
     np.testing.assert_allclose(forked.model.flat_params, threads.model.flat_params, rtol=1e-9, atol=1e-12)
@@ -247,8 +251,8 @@ def test_resume_with_another_dtype_uses_it(textfile, tmp_path):
 # --- stopping safely ---------------------------------------------------------------------------------
 
 def _patch_loss_and_grads(monkeypatch, on_call):
-    """Wrap GPT.loss_and_grads; ``on_call(k, result)`` sees the k-th call (0-based) and returns the result."""
-    original = GPT.loss_and_grads
+    """Wrap DataParallel.loss_and_grads (what the trainer calls); ``on_call(k, result)`` sees the k-th call (0-based) and returns the result."""
+    original = DataParallel.loss_and_grads
     calls = {"n": 0}
 
     def wrapped(self, *args, **kwargs):
@@ -257,7 +261,7 @@ def _patch_loss_and_grads(monkeypatch, on_call):
         calls["n"] += 1
         return on_call(k, result)
 
-    monkeypatch.setattr(GPT, "loss_and_grads", wrapped)
+    monkeypatch.setattr(DataParallel, "loss_and_grads", wrapped)
     return calls
 
 

@@ -1,7 +1,7 @@
 """Forked worker processes for training: batch slices in parallel without the GIL.
 
 Why: the training step cuts the batch into one slice per core (see
-``GPT.loss_and_grads``). On threads the slices share one interpreter lock, and
+``DataParallel.loss_and_grads``). On threads the slices share one interpreter lock, and
 every stretch of Python between two NumPy calls of one slice may wait for the
 other slice's. At the 4 x 128 model that cost was measured at about 10% of the
 step: a half batch took 28.8 ms alone in a process, 28.9 with a twin process
@@ -10,9 +10,9 @@ the same slices with no lock between them. Their price: one private gradient
 buffer per extra worker, added into the model's in a fixed order after the
 step, and one fork when the workers start.
 
-How: the model's parameters live in anonymous shared memory (``shared_zeros``),
-so a child forked from the training process always reads the parameters the
-optimizer last wrote. Each child receives jobs through a pipe, runs them (its
+How: the wrapper moves the model's parameters into anonymous shared memory
+(``shared_zeros``), so a child forked from the training process always reads
+the parameters the optimizer last wrote. Each child receives jobs through a pipe, runs them (its
 result lands in shared memory), and replies with a small picklable value.
 Only ``fork`` gives the child the parent's model without pickling it, so this
 runs on Linux only; elsewhere the threads do the work.
@@ -30,7 +30,7 @@ import weakref
 
 import numpy as np
 
-from ._blas import set_blas_threads
+from .._blas import set_blas_threads
 
 
 def shared_zeros(n, dtype):

@@ -1,4 +1,4 @@
-"""A shared pool of worker threads for the hot path.
+"""A shared pool of worker threads for the hot path (DataParallel's threads and AdamW's slices).
 
 NumPy releases the GIL inside BLAS calls and inside ufuncs on large arrays, so
 plain Python threads can keep every core busy: the training step runs one
@@ -11,7 +11,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from ._blas import blas_threads
+from .._blas import blas_threads
 
 _pool = None
 _pool_size = 0
@@ -35,8 +35,8 @@ def default_threads():
 def default_processes():
     """Whether training runs its extra workers as processes: ``$NUMGPT_PROCESSES``, else ``"auto"``.
 
-    ``1`` forces forked processes, ``0`` threads, ``auto`` lets the model choose
-    (see ``GPT.set_threads``).
+    ``1`` forces forked processes, ``0`` threads, ``auto`` lets the wrapper choose
+    (see ``DataParallel``).
     """
     env = os.environ.get("NUMGPT_PROCESSES", "auto").strip().lower()
     choices = {"1": True, "0": False, "auto": "auto", "": "auto"}

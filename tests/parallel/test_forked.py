@@ -1,4 +1,4 @@
-"""Tests for numgpt._forked and the model's worker processes (GPT.set_threads(..., processes=True)).
+"""Tests for numgpt.parallel.forked and DataParallel's worker processes (DataParallel(..., processes=True)).
 
 The processes must give the gradients of one thread (float64, to rounding), see
 parameters written after the fork, report a worker's failure in the parent,
@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 import numgpt.layers as layers
-import numgpt.model as model_module
-from numgpt._forked import ForkedWorkers, WorkerProcessDied, fork_available, shared_zeros
-from numgpt._parallel import default_processes
+import numgpt.parallel.data_parallel as dp_module
 from numgpt.model import GPT, GPTConfig
+from numgpt.optim import AdamW
+from numgpt.parallel import DataParallel, default_processes
+from numgpt.parallel.forked import ForkedWorkers, WorkerProcessDied, fork_available, shared_zeros
 
 # Concurrent code: a hang (a worker that never replies) fails the test after 120 s with every thread's
 # stack (pytest-timeout, in the test extra) instead of holding CI until it is killed.
@@ -32,20 +33,18 @@ def _config(**overrides):
 
 
 def _models(config, n_workers=2, seed=0):
-    """A one-thread model and a process-worker model with the same (randomised) parameters."""
+    """A plain model and a wrapped one with worker processes, with the same (randomised) parameters."""
     one = GPT(config, seed=seed, dtype=np.float64)
     rng = np.random.default_rng(seed + 7)
     one.flat_params[...] = rng.normal(0.0, 0.3, one.num_params)
-    one.set_threads(1)
-    forked = GPT(config, dtype=np.float64)
+    forked = DataParallel(GPT(config, dtype=np.float64), n_workers, processes=True)
     forked.flat_params[...] = one.flat_params
-    forked.set_threads(n_workers, processes=True)
     return one, forked
 
 
 @pytest.fixture
 def models():
-    """``models(config, n_workers=2)`` -> (one-thread model, process-worker model); workers stopped after the test."""
+    """``models(config, n_workers=2)`` -> (plain model, wrapped with worker processes); workers stopped after the test."""
     made = []
 
     def make(config, n_workers=2, seed=0):
@@ -180,7 +179,7 @@ def test_a_killed_worker_is_reported():
         workers.close()
 
 
-# --- the model's worker processes ------------------------------------------------------------------
+# --- DataParallel's worker processes ------------------------------------------------------------------
 
 @pytest.mark.parametrize("n_workers, B", [(2, 2), (2, 5), (3, 3), (3, 7)])
 @pytest.mark.parametrize("bias", [True, False])
@@ -206,7 +205,7 @@ def test_workers_read_the_parameters_written_after_the_fork(models):
     for step in range(3):                        # an optimizer-like in-place update each time
         update = np.random.default_rng(step).normal(0.0, 0.1, one.num_params)
         one.flat_params += update
-        forked.flat_params += update
+        forked.flat_params[...] += update
         _assert_same_step(forked, one, idx, targets)
     assert _worker_pids(forked) == pid           # the same worker all along
 
@@ -214,9 +213,8 @@ def test_workers_read_the_parameters_written_after_the_fork(models):
 def test_process_dropout_matches_thread_dropout(models):
     config = _config(dropout=0.3)
     _, forked = models(config)
-    threaded = GPT(config, dtype=np.float64)
+    threaded = DataParallel(GPT(config, dtype=np.float64), 2, processes=False)
     threaded.flat_params[...] = forked.flat_params
-    threaded.set_threads(2, processes=False)
     idx, targets = _batch(config, 4)
     a, _ = forked.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
     b, _ = threaded.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(5))
@@ -313,35 +311,70 @@ def test_close_and_collection_end_the_worker_processes():
     assert not any(_alive(pid) for pid in pids)
 
 
-def test_set_threads_chooses_and_validates_the_worker_kind(monkeypatch):
+def test_processes_auto_chooses_the_worker_kind(monkeypatch):
     model = GPT(_config())
-    assert model.processes is False                  # the library's default: threads
-    model.set_threads(2, processes="auto")
-    assert model.processes is True                   # a small model on Linux
-    model.set_threads(2, processes=None)             # None keeps the choice
-    assert model.processes is True
-    monkeypatch.setattr(model_module, "PROCESS_GRADS_LIMIT", model.num_params * model.dtype.itemsize - 1)
-    model.set_threads(2, processes="auto")           # a private buffer would exceed the limit
-    assert model.processes is False
-    model.set_threads(1, processes=True)
+    assert DataParallel(model, 2).processes is False                     # the library's default: threads
+    assert DataParallel(model, 2, processes="auto").processes is True    # a small model on Linux
+    assert DataParallel(model, 2, processes="auto", comm=object()).processes is False   # MPI: threads
+    monkeypatch.setattr(dp_module, "PROCESS_GRADS_LIMIT", model.num_params * model.dtype.itemsize - 1)
+    assert DataParallel(model, 2, processes="auto").processes is False   # a private buffer would exceed the limit
+    one_worker = DataParallel(model, 1, processes=True)
     idx, targets = _batch(model.config, 4)
-    model.loss_and_grads(idx, targets)               # one worker: nothing to fork
-    assert model._workers is None
-    for bad in ("yes", 2, 1.0):
-        with pytest.raises(ValueError, match="processes"):
-            model.set_threads(2, processes=bad)
+    one_worker.loss_and_grads(idx, targets)          # one worker: nothing to fork
+    assert one_worker._workers is None
 
 
-def test_changing_the_worker_count_restarts_the_workers(models):
+def test_wrapping_moves_the_parameters_into_shared_memory_and_the_optimizer_follows(models):
+    # The workers read the parameters through shared memory, so the wrapper moves them there; an
+    # optimizer built on the wrapper's buffers afterwards updates what the workers see.
+    config = _config()
+    model = GPT(config, seed=5, dtype=np.float64)
+    values, old_buffer = model.flat_params.copy(), model.flat_params
+    dp = DataParallel(model, 2, processes=True)
+    try:
+        assert model.flat_params is not old_buffer and dp_module._is_shared(model.flat_params)
+        np.testing.assert_array_equal(model.flat_params, values)
+        assert all(np.shares_memory(p, model.flat_params) for p in model.params.values())
+        opt = AdamW(dp.flat_params, dp.flat_grads, lr=0.1, weight_decay=0.0)
+        plain = GPT(config, dtype=np.float64)
+        plain_opt = AdamW(plain.flat_params, plain.flat_grads, lr=0.1, weight_decay=0.0)
+        plain.flat_params[...] = values
+        idx, targets = _batch(config, 4)
+        for _ in range(3):
+            dp.loss_and_grads(idx, targets)
+            plain.loss_and_grads(idx, targets)
+            opt.step()
+            plain_opt.step()
+        np.testing.assert_allclose(dp.flat_params, plain.flat_params, rtol=1e-9, atol=1e-9)
+        assert not np.array_equal(dp.flat_params, values)
+        DataParallel(model, 2, processes=True).close()      # already shared: left where it is
+        assert dp.flat_params is model.flat_params
+    finally:
+        dp.close()
+
+
+def test_use_param_buffer_checks_its_buffer():
+    model = GPT(_config())
+    with pytest.raises(ValueError, match="buffer"):
+        model.use_param_buffer(np.zeros(model.num_params, np.float64))
+    with pytest.raises(ValueError, match="buffer"):
+        model.use_param_buffer(np.zeros(model.num_params - 1, np.float32))
+
+
+def test_a_new_worker_count_is_a_new_wrapper(models):
     config = _config()
     one, forked = models(config, n_workers=2)
     idx, targets = _batch(config, 6)
     forked.loss_and_grads(idx, targets)
     first = _worker_pids(forked)
-    forked.set_threads(3)
+    forked.close()
     assert not any(_alive(pid) for pid in first)
-    forked.loss_and_grads(idx, targets)
-    assert len(_worker_pids(forked)) == 2
+    forked = DataParallel(forked.model, 3, processes=True)
+    try:
+        forked.loss_and_grads(idx, targets)
+        assert len(_worker_pids(forked)) == 2
+    finally:
+        forked.close()
     one.loss_and_grads(idx, targets)
     np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
 
@@ -364,11 +397,9 @@ def test_default_processes_rejects_other_values(monkeypatch):
 
 def test_memory_estimate_counts_the_worker_gradient_buffers():
     model = GPT(_config())
-    model.set_threads(3, processes=False)
-    threads = model.memory_estimate(batch_size=4)
+    threads = DataParallel(model, 3, processes=False).memory_estimate(batch_size=4)
     assert threads["worker_gradients"] == 0
-    model.set_threads(3, processes=True)
-    forked = model.memory_estimate(batch_size=4)
+    forked = DataParallel(model, 3, processes=True).memory_estimate(batch_size=4)
     assert forked["worker_gradients"] == 2 * model.num_params * 4            # two workers, float32
     assert forked["total"] == threads["total"] + forked["worker_gradients"]
     assert threads["parameters_and_optimizer"] == 4 * model.num_params * 4   # params, grads, m, v
@@ -395,7 +426,7 @@ def test_a_forked_child_runs_parallel_jobs_on_a_pool_of_its_own():
     # The parent's pool has run jobs, so its threads sit idle; a fork copies the pool but not its
     # threads, and a child that used that copy would wait forever for a job handed to an idle
     # thread that exists only in the parent (one pooled job: no new thread is started for it).
-    from numgpt._parallel import run_parallel
+    from numgpt.parallel.threads import run_parallel
 
     assert run_parallel(lambda x: 2 * x, [(1,), (2,), (3,)]) == [2, 4, 6]
     pid = os.fork()
@@ -420,7 +451,7 @@ def test_a_forked_child_runs_parallel_jobs_on_a_pool_of_its_own():
 
 
 def test_workers_refuse_to_start_without_fork(monkeypatch):
-    import numgpt._forked as forked_module
+    import numgpt.parallel.forked as forked_module
 
     monkeypatch.setattr(forked_module, "fork_available", lambda: False)
     with pytest.raises(RuntimeError, match="^forked worker processes need Linux's fork start method$"):
@@ -455,8 +486,8 @@ def test_the_thread_pool_grows_to_run_every_job_at_once(monkeypatch):
     # at the same time: a pool left smaller by an earlier call has to grow.
     import threading
 
-    import numgpt._parallel as parallel
-    from numgpt._parallel import run_parallel
+    import numgpt.parallel.threads as parallel
+    from numgpt.parallel.threads import run_parallel
 
     monkeypatch.setattr(parallel, "_pool", None)                     # this test's pools, from nothing
     monkeypatch.setattr(parallel, "_pool_size", 0)
