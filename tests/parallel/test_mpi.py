@@ -9,6 +9,7 @@ run in this process:
   gradient accumulation, with even and uneven shares of the rows;
 * the same seed and N give bit-identical runs, and every rank ends with the
   same parameters;
+* every rank reads the same prepared token files (memmapped) and trains its rows;
 * ``--resume`` under MPI continues exactly as an uninterrupted run; a
   checkpoint written under MPI resumes in one process and the other way round;
 * rank 0 alone writes (checkpoint, metrics log) and prints;
@@ -21,6 +22,7 @@ mpi4py and MPICH come with ``pip install -e '.[mpi]'``; without them these
 tests skip (and fail under NUMGPT_FORBID_SKIPS=1, as in CI).
 """
 
+import io
 import json
 import os
 import shutil
@@ -143,6 +145,19 @@ def test_n_ranks_train_as_one_process(textfile, tmp_path, n):
     # rank 0 alone printed: one "training:" line per run, not one per rank
     assert proc.stdout.count("training: 8 iterations") == len(cases)
     assert f"parallel: {n} MPI ranks x 1 worker per step" in proc.stdout
+
+
+@pytest.mark.timeout(2 * DEADLINE, method="thread")
+def test_ranks_train_from_prepared_token_files_as_one_process(textfile, tmp_path):
+    # Every rank opens the same token files (numgpt prepare) and draws its rows of the global batch.
+    from numgpt.tokenfiles import prepare
+
+    tokens = tmp_path / "tokens"
+    prepare(str(textfile), str(tokens), "char", log=quiet, progress_stream=io.StringIO())
+    run = settings(tokens, tmp_path / "mpi-tokens", batch_size=5)
+    summary, params, _ = run_job(tmp_path, 2, [("tokens", run)])
+    one = train(TrainConfig(**settings(tokens, tmp_path / "one-tokens", batch_size=5)), log=quiet)
+    assert_same_training(summary["tokens"], params["tokens"], one)
 
 
 @pytest.mark.timeout(2 * DEADLINE, method="thread")
