@@ -67,7 +67,8 @@ def run_torch(data, seed, max_iters, threads):
     text, _ = load_text(data)
     tokenizer = CharTokenizer.from_text(text)
     train_ids, val_ids = split_train_val(encode_array(tokenizer, text))
-    model = make_gpt(r["n_layer"], r["n_head"], r["n_embd"], r["block_size"], tokenizer.vocab_size)
+    model = make_gpt(r["n_layer"], r["n_head"], r["n_embd"], r["block_size"], tokenizer.vocab_size,
+                     attention="fused")        # nanoGPT on a CPU: F.scaled_dot_product_attention
     # nanoGPT's initialisation: N(0, 0.02) weights and embeddings, zero biases, the two
     # residual projections at 0.02 / sqrt(2 n_layer); layer norms stay at 1 and 0.
     with torch.no_grad():

@@ -1,7 +1,10 @@
 """The PyTorch reference model for the speed benchmarks (imported only by their --vs-torch workers).
 
-The same GPT-2 architecture as numgpt: pre-LN blocks, fused c_attn, explicit causal softmax
-attention (not PyTorch's fused kernel), tanh GELU, 4x MLP, final layer norm, lm head tied to wte.
+The same GPT-2 architecture as numgpt: pre-LN blocks, fused c_attn, causal softmax attention, tanh
+GELU, 4x MLP, final layer norm, lm head tied to wte. ``attention="fused"`` computes attention as
+nanoGPT's model.py does on a CPU, with ``F.scaled_dot_product_attention(..., is_causal=True)``
+(PyTorch's fused kernel: what a nanoGPT user runs); ``"explicit"`` with two matmuls and a masked
+softmax, as numgpt does.
 """
 
 import math
@@ -11,7 +14,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def make_gpt(n_layer, n_head, n_embd, block_size, vocab_size):
+def make_gpt(n_layer, n_head, n_embd, block_size, vocab_size, attention="explicit"):
+    if attention not in ("explicit", "fused"):
+        raise ValueError(f"attention must be 'explicit' or 'fused', got {attention!r}")
     H, C, T, V = n_head, n_embd, block_size, vocab_size
 
     class Block(nn.Module):
@@ -26,9 +31,13 @@ def make_gpt(n_layer, n_head, n_embd, block_size, vocab_size):
             b, t, c = x.shape
             q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
             q, k, v = (z.view(b, t, H, c // H).transpose(1, 2) for z in (q, k, v))
-            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // H))
-            att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(dim=-1)
-            y = (att @ v).transpose(1, 2).contiguous().view(b, t, c)
+            if attention == "fused":
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            else:
+                att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(c // H))
+                att = att.masked_fill(~self.mask[:t, :t], float("-inf")).softmax(dim=-1)
+                y = att @ v
+            y = y.transpose(1, 2).contiguous().view(b, t, c)
             x = x + self.c_proj(y)
             return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 

@@ -1,7 +1,7 @@
 """Training throughput of numgpt, optionally side by side with an equivalent PyTorch model.
 
     python benchmarks/train_speed.py                      # every config, numgpt only
-    python benchmarks/train_speed.py --vs-torch           # + PyTorch (pip install torch==2.13.0)
+    python benchmarks/train_speed.py --vs-torch           # + PyTorch, nanoGPT's step and explicit attention
     python benchmarks/train_speed.py --configs baby small --threads 1 2 --repeats 3
 
 For each config and thread count it prints the median ms/step (forward + backward + clipping +
@@ -9,7 +9,10 @@ AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N 
 token, N the parameters without wpe), achieved GFLOP/s, that as a share of NumPy's float32 matmul
 peak measured in the same run (a 2048^3 matmul) and the peak RSS. Every measurement runs in its own
 process (NumPy's and PyTorch's thread pools fight when they share one), and with --vs-torch the two
-frameworks alternate, so drift of a shared machine hits both alike. numgpt runs as `numgpt train`
+frameworks alternate, so drift of a shared machine hits both alike. The PyTorch reference is
+nanoGPT's CPU step ("nanogpt": fused attention, F.scaled_dot_product_attention, torch AdamW with
+nanoGPT's two parameter groups, clip_grad_norm_(1.0), zero_grad(set_to_none=True)); the same model
+with explicit-matmul attention ("torch-expl") is a second, labelled column. numgpt runs as `numgpt train`
 does: its extra workers are forked processes where the model picks them (NUMGPT_PROCESSES=0 forces
 threads), and the RSS column then adds the worker's peak to the main process's.
 """
@@ -78,7 +81,7 @@ def worker_numgpt(cfg, steps, warmup):
     return times, ("processes" if model.processes and model.n_workers > 1 else "threads")
 
 
-def worker_torch(cfg, steps, warmup, threads):
+def worker_torch(cfg, steps, warmup, threads, attention="fused"):
     import torch
 
     from torch_gpt import make_gpt
@@ -86,7 +89,7 @@ def worker_torch(cfg, steps, warmup, threads):
     torch.set_num_threads(threads)
     L, H, C, T, B, V = cfg
     torch.manual_seed(0)
-    model = make_gpt(L, H, C, T, V)
+    model = make_gpt(L, H, C, T, V, attention=attention)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
@@ -153,7 +156,8 @@ def main():
         if args.worker == "numgpt":
             times, workers = worker_numgpt(CONFIGS[name], steps, warmup)
         else:
-            times, workers = worker_torch(CONFIGS[name], steps, warmup, args.threads[0]), "torch"
+            attention = "fused" if args.worker == "nanogpt" else "explicit"
+            times, workers = worker_torch(CONFIGS[name], steps, warmup, args.threads[0], attention), "torch"
         print(json.dumps({"times": times, "rss_mib": peak_rss_mib(), "workers": workers}))
         return
 
@@ -168,7 +172,7 @@ def main():
             cfg = CONFIGS[name]
             tokens = cfg[3] * cfg[4]
             flops = flops_per_step(*cfg)
-            kinds = ["numgpt", "torch"] if args.vs_torch else ["numgpt"]
+            kinds = ["numgpt", "nanogpt", "torch-expl"] if args.vs_torch else ["numgpt"]
             times = {k: [] for k in kinds}
             rounds = {k: [] for k in kinds}       # each round's median, to show the spread
             rss = {k: 0.0 for k in kinds}
@@ -190,10 +194,12 @@ def main():
                       f"{100 * gflops / peak:>7.0f}%{rss[kind]:>9.0f}")
             if threads > 1:
                 print(f"{name:<7}{'':<10} numgpt's extra workers ran as {' and '.join(sorted(workers))}")
-            if args.vs_torch:
-                per_round = [t / n for n, t in zip(rounds["numgpt"], rounds["torch"])]
-                print(f"{name:<7}{'ratio':<10} numgpt/torch tokens/s = {ms['torch'] / ms['numgpt']:.2f}"
-                      f"  (round by round: {', '.join(f'{r:.2f}' for r in per_round)})")
+            for ref in (kinds[1:] if args.vs_torch else []):
+                per_round = [t / n for n, t in zip(rounds["numgpt"], rounds[ref])]
+                spread = {k: max(rounds[k]) / min(rounds[k]) for k in ("numgpt", ref)}
+                print(f"{name:<7}{'ratio':<10} numgpt/{ref} tokens/s = {ms[ref] / ms['numgpt']:.2f}"
+                      f"  (round by round: {', '.join(f'{r:.2f}' for r in per_round)}; spread max/min "
+                      f"numgpt {spread['numgpt']:.2f}, {ref} {spread[ref]:.2f})")
 
 
 if __name__ == "__main__":
