@@ -1,7 +1,7 @@
 """Training throughput of numgpt, optionally side by side with an equivalent PyTorch model.
 
     python benchmarks/train_speed.py                      # every config, numgpt only
-    python benchmarks/train_speed.py --vs-torch           # + PyTorch, nanoGPT's step and explicit attention
+    python benchmarks/train_speed.py --vs-torch           # + PyTorch: a nanoGPT-style step and explicit attention
     python benchmarks/train_speed.py --configs baby small --threads 1 2 --repeats 3
 
 For each config and thread count it prints the median ms/step (forward + backward + clipping +
@@ -9,10 +9,11 @@ AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N 
 token, N the parameters without wpe), achieved GFLOP/s, that as a share of NumPy's float32 matmul
 peak measured in the same run (a 2048^3 matmul) and the peak RSS. Every measurement runs in its own
 process (NumPy's and PyTorch's thread pools fight when they share one), and with --vs-torch the two
-frameworks alternate, so drift of a shared machine hits both alike. The PyTorch reference is
-nanoGPT's CPU step ("nanogpt": fused attention, F.scaled_dot_product_attention, torch AdamW with
-nanoGPT's two parameter groups, clip_grad_norm_(1.0), zero_grad(set_to_none=True)); the same model
-with explicit-matmul attention ("torch-expl") is a second, labelled column. numgpt runs as `numgpt train`
+frameworks alternate, so drift of a shared machine hits both alike. The PyTorch reference is a
+copy of nanoGPT's CPU step in torch_gpt.py ("nanogpt": fused attention through
+F.scaled_dot_product_attention, torch AdamW with nanoGPT's two parameter groups,
+clip_grad_norm_(1.0), zero_grad(set_to_none=True)); the same model with explicit-matmul attention
+("torch-expl") is a second, labelled column. numgpt runs as `numgpt train`
 does: its extra workers are forked processes where the model picks them (NUMGPT_PROCESSES=0 forces
 threads), and the RSS column then adds the worker's peak to the main process's.
 """
