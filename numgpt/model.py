@@ -306,9 +306,7 @@ class GPT:
         slices of it on several cores (or MPI ranks) with the same result.
         """
         self.check_targets(idx, targets)
-        if not np.any(targets != ignore_index):
-            raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss over no targets "
-                             "is undefined")
+        count_targets(targets, ignore_index)
         loss, cache = self.loss_forward(idx, targets, ignore_index=ignore_index, dropout_rng=dropout_rng)
         # Without accumulation the first addition into each slot is a copy, so the
         # buffer needs no zeroing pass before the step.
@@ -451,6 +449,15 @@ class GPT:
                 if value.shape != p.shape:
                     raise ValueError(f"parameter {name} must have shape {p.shape}, got {value.shape}")
                 p[...] = value
+
+
+def count_targets(targets, ignore_index=-1):
+    """How many ``targets`` are not ``ignore_index``; ValueError if none is (the mean loss is undefined)."""
+    total = int(np.count_nonzero(targets != ignore_index))
+    if total == 0:
+        raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss over no targets "
+                         "is undefined")
+    return total
 
 
 def _add_into(grads):

@@ -35,7 +35,7 @@ import weakref
 import numpy as np
 
 from .._blas import blas_threads
-from ..model import OverwritingAdd, param_views
+from ..model import OverwritingAdd, count_targets, param_views
 from .forked import ForkedWorkers, fork_available, shared_zeros
 from .sink import GradientSink, WorkerFailed
 from .threads import default_threads, run_parallel, split
@@ -135,10 +135,7 @@ class DataParallel:
         """
         model = self.model
         model.check_targets(idx, targets)
-        total = int(np.count_nonzero(targets != ignore_index))
-        if total == 0:
-            raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss over no targets "
-                             "is undefined")
+        total = count_targets(targets, ignore_index)
         if self.comm is not None:
             if dropout_rng is not None:
                 # One child generator per rank, drawn from the shared stream, so every rank's
@@ -238,10 +235,7 @@ class DataParallel:
         if self.comm is None and not self.processes:
             return model.loss(idx, targets, ignore_index)
         model.check_targets(idx, targets)
-        total = int(np.count_nonzero(targets != ignore_index))
-        if total == 0:
-            raise ValueError(f"every target equals ignore_index={ignore_index}: the mean loss over no targets "
-                             "is undefined")
+        total = count_targets(targets, ignore_index)
         if self.comm is not None:
             rows = self._rank_rows(idx.shape[0])
             idx, targets = idx[rows], targets[rows]
