@@ -19,19 +19,29 @@ import math
 import os
 from dataclasses import dataclass
 
+from .model import PRESETS
 from .tasks import TASKS as _TASKS
 from .tokenizers import TOKENIZER_KINDS
 
 TASKS = tuple(_TASKS)
 DTYPES = ("float32", "float64")
 
+OPTIMIZERS = ("adamw", "muon")
+# The optimizer a preset trains with when --optimizer is not given (the modern preset is the speedrun's).
+PRESET_OPTIMIZERS = {"gpt2": "adamw", "modern": "muon"}
+# The GPTConfig fields a preset decides and a setting may override ("" or None: the preset's value).
+MODEL_CHOICES = ("norm", "position", "mlp", "qk_norm", "tie_head", "bias")
+
 # Settings that describe the saved model and its vocabulary: a resumed run takes them from the checkpoint.
-ARCHITECTURE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "bias", "task", "tokenizer", "vocab_size")
+ARCHITECTURE_SETTINGS = ("n_layer", "n_head", "n_embd", "block_size", "task", "tokenizer", "vocab_size",
+                         "preset") + MODEL_CHOICES
 
 
-def setting(default, help, choices=None):
-    """A TrainConfig field with its help text and, if the values are a fixed list, its choices."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def setting(default, help, choices=None, kind=None):
+    """A TrainConfig field with its help text, its type (``kind``; default: the default's type) and, if
+    the values are a fixed list, its choices."""
+    kind = type(default) if kind is None else kind
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "kind": kind})
 
 
 @dataclass
@@ -53,7 +63,20 @@ class TrainConfig:
     n_embd: int = setting(128, "embedding width C")
     block_size: int = setting(64, "context length T")
     dropout: float = setting(0.0, "dropout probability (0 disables)")
-    bias: bool = setting(True, "biases in linear and layer-norm layers (GPT-2 has them)")
+    preset: str = setting("gpt2", "the architecture and optimizer: 'gpt2' (layer norm, learned positions, GELU "
+                                  "MLP, tied head, biases; AdamW) or 'modern' (RMSNorm, RoPE, squared-ReLU MLP, "
+                                  "QK-norm, untied head, no biases; Muon); the settings below override a part",
+                          tuple(PRESETS))
+    norm: str = setting("", "'layernorm' or 'rmsnorm' ('': the preset's)", ("", "layernorm", "rmsnorm"))
+    position: str = setting("", "position encoding: 'learned' (wpe) or 'rope' ('': the preset's)",
+                            ("", "learned", "rope"))
+    mlp: str = setting("", "'gelu', 'relu2' (squared ReLU) or 'swiglu' ('': the preset's)",
+                       ("", "gelu", "relu2", "swiglu"))
+    qk_norm: bool = setting(None, "RMS-normalise queries and keys per head (default: the preset's)", kind=bool)
+    tie_head: bool = setting(None, "the output head shares the token embedding wte (default: the preset's)",
+                             kind=bool)
+    bias: bool = setting(None, "biases in linear and norm layers (default: the preset's; GPT-2 has them)",
+                         kind=bool)
     init_from: str = setting("", "a Hugging Face GPT-2 directory to fine-tune (config.json + model.safetensors)")
     # optimisation
     batch_size: int = setting(12, "sequences per micro-batch")
@@ -67,6 +90,15 @@ class TrainConfig:
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.99, "AdamW beta2")
     grad_clip: float = setting(1.0, "global gradient-norm clip (0 disables)")
+    optimizer: str = setting("", "'adamw', or 'muon' (Muon for the hidden 2-D weights, AdamW for embeddings, "
+                                 "head, norms and biases); '': the preset's", ("",) + OPTIMIZERS)
+    muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by the same warmup + cosine schedule)")
+    muon_momentum: float = setting(0.95, "Muon's momentum (Nesterov)")
+    max_time: float = setting(0.0, "stop once the training steps (evaluations, checkpoints and logging "
+                                   "excluded) took this many seconds (0: no limit; max_iters still caps the "
+                                   "run); the learning-rate schedule then runs on the fraction of this time "
+                                   "spent, not on iterations: warmup takes warmup_iters/lr_decay_iters of it "
+                                   "and the cosine reaches min_lr when it is spent")
     # evaluation, logging, output
     eval_interval: int = setting(250, "evaluate (and checkpoint on improvement) every this many steps")
     eval_iters: int = setting(20, "batches per split in each evaluation")
@@ -90,16 +122,20 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer, got {value!r}")
             if value < (1 if name in positive else 0):
                 raise ValueError(f"{name} must be {'>= 1' if name in positive else '>= 0'}, got {value}")
-        for name in ["learning_rate", "min_lr", "weight_decay", "grad_clip"]:
+        for name in ["learning_rate", "min_lr", "weight_decay", "grad_clip", "muon_lr", "max_time"]:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.min_lr > self.learning_rate:
             raise ValueError(f"min_lr ({self.min_lr}) must not exceed learning_rate ({self.learning_rate})")
-        for name in ["beta1", "beta2", "dropout"]:
+        for name in ["beta1", "beta2", "dropout", "muon_momentum"]:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        for name in ["qk_norm", "tie_head", "bias"]:
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise ValueError(f"{name} must be true, false or unset (the preset's), got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for f in dataclasses.fields(self):
@@ -114,6 +150,13 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
         if not self.out_dir:
             raise ValueError("out_dir must not be empty")
+        if self.init_from and not self.resume:
+            from .gpt2 import gpt2_mismatch
+
+            differ = gpt2_mismatch(self.model_choices())
+            if differ:
+                raise ValueError(f"--init_from loads GPT-2 weights, which need --preset gpt2; --preset "
+                                 f"{self.preset} ({', '.join(differ)}) cannot hold them")
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite contradict each other: --resume continues the run in "
                              "out_dir, --overwrite replaces it")
@@ -121,6 +164,19 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def model_choices(self):
+        """The GPTConfig fields of :data:`MODEL_CHOICES`: the preset's values, overridden by the ones set."""
+        choices = dict(PRESETS[self.preset])
+        for name in MODEL_CHOICES:
+            value = getattr(self, name)
+            if value is not None and value != "":
+                choices[name] = value
+        return choices
+
+    def optimizer_name(self):
+        """'adamw' or 'muon': ``optimizer`` if set, else the preset's."""
+        return self.optimizer or PRESET_OPTIMIZERS[self.preset]
 
     @classmethod
     def resumed(cls, out_dir="out", log=print, **overrides):
@@ -144,6 +200,11 @@ class TrainConfig:
 def settings_help():
     """``{name: (default, help, choices)}`` for every setting, in declaration order."""
     return {f.name: (f.default, f.metadata["help"], f.metadata["choices"]) for f in dataclasses.fields(TrainConfig)}
+
+
+def setting_kinds():
+    """``{name: type}`` (bool, int, float or str) for every setting; a bool may also be None (unset)."""
+    return {f.name: f.metadata["kind"] for f in dataclasses.fields(TrainConfig)}
 
 
 def load_config_file(path):
@@ -188,6 +249,10 @@ def resume_settings(saved, given):
     """
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     settings = {k: v for k, v in (saved or {}).items() if k in known}
+    if saved and "preset" not in saved:
+        # Saved by a numgpt older than the presets: its model is GPT-2's, whatever the user gives now.
+        settings.update({"preset": "gpt2", "norm": "", "position": "", "mlp": "", "qk_norm": None,
+                         "tie_head": None})
     notes = []
     for key, value in given.items():
         if key in ARCHITECTURE_SETTINGS and key in settings:
