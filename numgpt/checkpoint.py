@@ -493,16 +493,27 @@ CHECKPOINT_NAME = "ckpt.npz"
 RUN_KIND = "numgpt-run"
 
 
-def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val_loss, rng, task=None) -> None:
+OPTIMIZERS = ("adamw", "muon")
+
+
+def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val_loss, rng, task=None, *,
+             muon=None, train_seconds=0.0) -> None:
     """Everything needed to sample from or resume a run, as one atomic ``.npz``.
 
     ``train_config`` is the run's settings as a dict (or an object with
     ``to_dict()``); ``task`` is ``{"name": ...}`` for a synthetic task.
+    ``optimizer`` is the AdamW (its moments: ``optim/m``, ``optim/v``); ``muon``
+    the Muon of the hidden matrices, if the run has one (its momentum buffers,
+    concatenated in its parameters' order: ``optim/muon_m``). ``train_seconds``
+    is the time spent in training steps so far (what ``max_time`` counts).
     """
     arrays = {f"params/{name}": p for name, p in model.params.items()}
     if optimizer is not None:
         arrays["optim/m"] = optimizer.m
         arrays["optim/v"] = optimizer.v
+    if muon is not None:
+        arrays["optim/muon_m"] = (np.concatenate([m.ravel() for m in muon.buffers]) if muon.buffers
+                                  else np.zeros(0, dtype=model.dtype))
     if train_config is not None and not isinstance(train_config, dict):
         train_config = train_config.to_dict()
     meta = {
@@ -515,6 +526,9 @@ def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val
         "iter_num": int(iter_num),
         "best_val_loss": None if best_val_loss is None or not math.isfinite(best_val_loss) else float(best_val_loss),
         "optimizer_t": int(optimizer.t) if optimizer is not None else 0,
+        "optimizer": "muon" if muon is not None else "adamw",
+        "muon_t": int(muon.t) if muon is not None else 0,
+        "train_seconds": float(train_seconds),
         "rng_state": rng.bit_generator.state if rng is not None else None,
     }
     save_checkpoint(path, arrays, meta)
@@ -566,6 +580,7 @@ def load_run(path, dtype=None):
         if key in arrays and (arrays[key].shape != (num_params,) or arrays[key].dtype.kind != "f"):
             raise CheckpointError(f"{path}: {key} must be a float vector of {num_params} values, got dtype "
                                   f"{arrays[key].dtype} and shape {arrays[key].shape}")
+    _check_optimizer_state(path, meta, arrays, layout)
     try:
         tokenizer = tokenizer_from_state(meta["tokenizer"]) if meta.get("tokenizer") else None
     except (ValueError, TypeError, KeyError, OverflowError) as e:
@@ -573,6 +588,32 @@ def load_run(path, dtype=None):
     model = GPT(config, dtype=dtype or stored_dtype, init=False)
     model.load_state_dict(params)
     return model, tokenizer, meta, arrays
+
+
+def _check_optimizer_state(path, meta, arrays, layout):
+    """The optimizer a run recorded, and Muon's state, checked (a checkpoint older than Muon has neither)."""
+    from .model import PRESETS
+    from .muon import hidden_matrices
+
+    optimizer = meta.get("optimizer", "adamw")
+    if optimizer not in OPTIMIZERS:
+        raise CheckpointError(f"{path}: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+    train_config = meta.get("train_config")
+    if isinstance(train_config, dict) and "preset" in train_config and train_config["preset"] not in PRESETS:
+        raise CheckpointError(f"{path}: train_config preset must be one of {tuple(PRESETS)}, got "
+                              f"{train_config['preset']!r} (written by a newer numgpt?)")
+    if "optim/muon_m" not in arrays:
+        return
+    if optimizer != "muon":
+        raise CheckpointError(f"{path}: holds Muon state (optim/muon_m) but its optimizer is {optimizer!r}")
+    muon_size = sum(stop - start for _, start, stop in hidden_matrices(layout))
+    array = arrays["optim/muon_m"]
+    if array.shape != (muon_size,) or array.dtype.kind != "f":
+        raise CheckpointError(f"{path}: optim/muon_m must be a float vector of {muon_size} values (the hidden "
+                              f"matrices), got dtype {array.dtype} and shape {array.shape}")
+    t = meta.get("muon_t")
+    if isinstance(t, bool) or not isinstance(t, int) or t < 0:
+        raise CheckpointError(f"{path}: muon_t must be a non-negative integer, got {t!r}")
 
 
 def load_for_inference(out_dir=None, *, init_from=None, dtype=None):

@@ -212,18 +212,21 @@ def cmd_gradcheck(args):
 # --- train ---------------------------------------------------------------------------
 
 def _add_train_flags(p):
-    from .config import settings_help
+    from .config import setting_kinds, settings_help
 
+    kinds = setting_kinds()
     for name, (default, help_text, choices) in settings_help().items():
-        help_text = f"{help_text} (default: {default!r})"
+        if "(default" not in help_text:
+            help_text = f"{help_text} (default: {default!r})"
         flag = f"--{name}"
         # SUPPRESS: only flags given on the command line appear in args, so they can
         # override a --config file and a resumed run's saved settings.
-        if isinstance(default, bool):
-            action = argparse.BooleanOptionalAction if default else "store_true"
+        if kinds[name] is bool:
+            # --flag / --no-flag; a setting that is off by default has --flag alone.
+            action = "store_true" if default is False else argparse.BooleanOptionalAction
             p.add_argument(flag, action=action, default=argparse.SUPPRESS, help=help_text)
         else:
-            kind = {int: _int, float: _float, str: str}[type(default)]
+            kind = {int: _int, float: _float, str: str}[kinds[name]]
             metavar = name.upper() if choices is None else "{" + ",".join(c for c in choices if c) + "}"
             p.add_argument(flag, type=kind, default=argparse.SUPPRESS, choices=choices, help=help_text,
                            metavar=metavar)

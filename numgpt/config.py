@@ -67,10 +67,10 @@ class TrainConfig:
                                   "MLP, tied head, biases; AdamW) or 'modern' (RMSNorm, RoPE, squared-ReLU MLP, "
                                   "QK-norm, untied head, no biases; Muon); the settings below override a part",
                           tuple(PRESETS))
-    norm: str = setting("", "'layernorm' or 'rmsnorm' ('': the preset's)", ("", "layernorm", "rmsnorm"))
-    position: str = setting("", "position encoding: 'learned' (wpe) or 'rope' ('': the preset's)",
+    norm: str = setting("", "'layernorm' or 'rmsnorm' (default '': the preset's)", ("", "layernorm", "rmsnorm"))
+    position: str = setting("", "position encoding: 'learned' (wpe) or 'rope' (default '': the preset's)",
                             ("", "learned", "rope"))
-    mlp: str = setting("", "'gelu', 'relu2' (squared ReLU) or 'swiglu' ('': the preset's)",
+    mlp: str = setting("", "'gelu', 'relu2' (squared ReLU) or 'swiglu' (default '': the preset's)",
                        ("", "gelu", "relu2", "swiglu"))
     qk_norm: bool = setting(None, "RMS-normalise queries and keys per head (default: the preset's)", kind=bool)
     tie_head: bool = setting(None, "the output head shares the token embedding wte (default: the preset's)",
@@ -91,7 +91,7 @@ class TrainConfig:
     beta2: float = setting(0.99, "AdamW beta2")
     grad_clip: float = setting(1.0, "global gradient-norm clip (0 disables)")
     optimizer: str = setting("", "'adamw', or 'muon' (Muon for the hidden 2-D weights, AdamW for embeddings, "
-                                 "head, norms and biases); '': the preset's", ("",) + OPTIMIZERS)
+                                 "head, norms and biases; no weight decay for Muon) (default '': the preset's)", ("",) + OPTIMIZERS)
     muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by the same warmup + cosine schedule)")
     muon_momentum: float = setting(0.95, "Muon's momentum (Nesterov)")
     max_time: float = setting(0.0, "stop once the training steps (evaluations, checkpoints and logging "

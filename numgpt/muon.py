@@ -49,6 +49,22 @@ NS_EPS = 1e-7
 LAYOUTS = ("in_out", "out_in")      # numgpt's (fan_in, fan_out) weights; PyTorch's (fan_out, fan_in)
 
 
+# numgpt's parameters Muon trains (under numgpt train --optimizer muon): every block's attention and MLP
+# matrices. Embeddings, the output head, norm weights and biases stay with AdamW.
+HIDDEN_MATRIX_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+def hidden_matrices(layout):
+    """``[(name, start, stop)]``: where each hidden 2-D weight of a model's ``layout`` lies in its flat buffer."""
+    found, offset = [], 0
+    for name, shape in layout:
+        size = math.prod(shape)
+        if name.startswith("h.") and name.endswith(HIDDEN_MATRIX_SUFFIXES) and len(shape) == 2:
+            found.append((name, offset, offset + size))
+        offset += size
+    return found
+
+
 def _check_matrix(name, x):
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")

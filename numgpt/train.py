@@ -8,7 +8,14 @@ as well as from the command line. Each iteration:
    improved (and at the end);
 2. the learning rate from the warmup + cosine schedule, forward/backward over
    ``gradient_accumulation_steps`` micro-batches, global-norm clipping, one
-   AdamW step; every ``log_interval`` steps a progress line.
+   optimizer step; every ``log_interval`` steps a progress line.
+
+The optimizer is AdamW, or (``optimizer="muon"``) Muon for the hidden layers'
+2-D weights (:func:`numgpt.muon.hidden_matrices`) and AdamW for the rest, as the
+modded-nanoGPT speedrun trains: Muon's learning rate follows the same
+schedule, scaled to ``muon_lr``. With ``max_time`` the run ends once its
+training steps took that many seconds, and the schedule runs on the fraction
+of that time spent instead of on iterations.
 
 The rooms around it: the settings are declared in :mod:`numgpt.config`, the
 data is prepared by :mod:`numgpt.data`, checkpoints are written by
@@ -58,8 +65,9 @@ from ._malloc import tune_malloc
 from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, save_run
 from .config import TrainConfig, load_config_file, resume_settings
 from .data import prepare_data
-from .model import GPT, GPTConfig
-from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout
+from .model import GPT, GPTConfig, param_views
+from .muon import Muon, hidden_matrices
+from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout, ranges_outside
 from .parallel import DataParallel, default_processes
 from .parallel.mpi import (agree, max_over_ranks, mpi_world, quiet_other_ranks, stop_job_on_error,
                            workers_per_rank)
@@ -124,13 +132,14 @@ def _train(cfg, log, comm, stop):
         cfg, model = run.cfg, run.model
         metrics = run_dir.open_metrics(run.iter_num if cfg.resume else None)
         tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
-        log(f"training: {cfg.max_iters} iterations, {tokens_per_iter:,} tokens each; out_dir {cfg.out_dir}")
+        budget = f" or {cfg.max_time:g} s of training steps, whichever ends first" if cfg.max_time else ""
+        log(f"training: {cfg.max_iters} iterations{budget}, {tokens_per_iter:,} tokens each; out_dir {cfg.out_dir}")
         losses, last_eval, accuracy, stop_signal = [], {}, None, None
         start, ema_ms = time.perf_counter(), None
         stop.armed = True               # from here on a signal means: finish the step, save, return
         try:
             while True:
-                done = run.iter_num >= cfg.max_iters
+                done = run.iter_num >= cfg.max_iters or (cfg.max_time > 0 and run.train_seconds >= cfg.max_time)
                 if run.iter_num % cfg.eval_interval == 0 or done:
                     last_eval, accuracy, line = run.evaluate()
                     _record(metrics, {"iter": run.iter_num, "train_loss": last_eval["train"],
@@ -153,15 +162,17 @@ def _train(cfg, log, comm, stop):
                     break
 
                 t0 = time.perf_counter()
-                lr = cosine_lr(run.iter_num, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters,
-                               cfg.lr_decay_iters)
+                lr = run.learning_rate()
                 loss, norm = run.step(lr)
                 losses.append(loss)
                 dt_ms = (time.perf_counter() - t0) * 1000
+                run.add_train_time(dt_ms / 1000)
                 ema_ms = dt_ms if ema_ms is None else 0.9 * ema_ms + 0.1 * dt_ms
                 if run.iter_num % cfg.log_interval == 0 or run.iter_num == cfg.max_iters:
                     tok_s = tokens_per_iter / (dt_ms / 1000)
                     eta = (cfg.max_iters - run.iter_num) * ema_ms / 1000
+                    if cfg.max_time:
+                        eta = min(eta, max(0.0, cfg.max_time - run.train_seconds))
                     log(f"iter {run.iter_num:>6} | loss {loss:.4f} | lr {lr:.2e} | {dt_ms:6.1f} ms/iter | "
                         f"{tok_s:8,.0f} tok/s | elapsed {_format_seconds(time.perf_counter() - start)} | "
                         f"eta {_format_seconds(eta)}")
@@ -187,10 +198,13 @@ class _Run:
     optimizer works on its buffers.
     """
 
-    def __init__(self, cfg, dp, optimizer, data, rng, checkpoint_path, iter_num=0, best_val=float("inf")):
+    def __init__(self, cfg, dp, optimizer, data, rng, checkpoint_path, iter_num=0, best_val=float("inf"),
+                 muon=None):
         self.cfg, self.dp, self.model, self.optimizer, self.data, self.rng = cfg, dp, dp.model, optimizer, data, rng
+        self.muon = muon             # the Muon of the hidden matrices under --optimizer muon, else None
         self.tokenizer = data.tokenizer
         self.checkpoint_path, self.iter_num, self.best_val = checkpoint_path, iter_num, best_val
+        self.train_seconds = 0.0     # time spent in training steps (evaluations and checkpoints excluded)
         self.saved_iter = None       # the iteration of the last checkpoint this run wrote
 
     @classmethod
@@ -211,6 +225,7 @@ class _Run:
         log(f"model: {model.config.n_layer} layers x {model.config.n_head} heads x {model.config.n_embd}, "
             f"block {model.config.block_size}; number of parameters: {model.num_params_report() / 1e6:.2f}M; "
             f"memory estimate {mem['total'] / 2**20:.0f} MiB ({run.cfg.dtype})")
+        log(f"architecture: {describe_architecture(run.cfg, model.config)}; optimizer: {run.describe_optimizer()}")
         log(f"parallel: {run.dp.describe()} per step")
         return run
 
@@ -257,27 +272,71 @@ class _Run:
             set_blas_threads(n_workers)
             dp = DataParallel(model, n_workers, processes=default_processes(), comm=comm)
         # Built on the wrapper's buffers: wrapping may have moved the parameters into shared memory.
+        muon, adamw_ranges = None, None
+        if cfg.optimizer_name() == "muon":
+            matrices = hidden_matrices(model.layout)
+            params, grads = param_views(dp.flat_params, model.layout), param_views(dp.flat_grads, model.layout)
+            muon = Muon([params[name] for name, _, _ in matrices], [grads[name] for name, _, _ in matrices],
+                        lr=cfg.muon_lr, momentum=cfg.muon_momentum)
+            adamw_ranges = ranges_outside(model.num_params, [(start, stop) for _, start, stop in matrices])
         optimizer = AdamW(dp.flat_params, dp.flat_grads, decay_mask_from_layout(model.layout),
                           lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,
-                          n_threads=dp.n_workers)
-        run = cls(cfg, dp, optimizer, data, np.random.default_rng(cfg.seed), run_dir.checkpoint_path)
+                          n_threads=dp.n_workers, ranges=adamw_ranges)
+        run = cls(cfg, dp, optimizer, data, np.random.default_rng(cfg.seed), run_dir.checkpoint_path, muon=muon)
         if saved is not None:
-            run._restore(*saved)
+            run._restore(*saved, log)
             log(f"resumed from {run_dir.checkpoint_path} at iteration {run.iter_num}")
         return run
+
+    def describe_optimizer(self):
+        cfg = self.cfg
+        adamw = f"AdamW (lr {cfg.learning_rate:g}, betas {cfg.beta1:g}/{cfg.beta2:g}, weight decay {cfg.weight_decay:g})"
+        if self.muon is None:
+            return adamw
+        return (f"Muon for the {len(self.muon.params)} hidden matrices (lr {cfg.muon_lr:g}, momentum "
+                f"{cfg.muon_momentum:g}), {adamw} for the rest")
+
+    def learning_rate(self):
+        """AdamW's learning rate for the next step: warmup + cosine on the iteration, or with ``max_time``
+        on the fraction of the time budget spent (scaled to lr_decay_iters: see TrainConfig.max_time)."""
+        cfg = self.cfg
+        position = self.iter_num if not cfg.max_time else self.train_seconds / cfg.max_time * cfg.lr_decay_iters
+        return cosine_lr(position, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
+
+    def add_train_time(self, seconds):
+        """Count ``seconds`` of training step; under MPI with ``max_time`` every rank takes rank 0's clock,
+        since the learning rate and the end of the run depend on it and must agree."""
+        self.train_seconds += seconds
+        if self.cfg.max_time and self.dp.comm is not None:
+            self.train_seconds = self.dp.comm.bcast(self.train_seconds, root=0)
 
     def _share_state_of_rank_0(self):
         """MPI: every rank takes rank 0's parameters, optimizer state, generator state and position."""
         comm = self.dp.comm
-        for buffer in (self.model.flat_params, self.optimizer.m, self.optimizer.v):
+        muon_buffers = self.muon.buffers if self.muon is not None else []
+        for buffer in (self.model.flat_params, self.optimizer.m, self.optimizer.v, *muon_buffers):
             comm.Bcast(buffer, root=0)
-        state = (self.optimizer.t, self.rng.bit_generator.state, self.iter_num, self.best_val)
-        self.optimizer.t, rng_state, self.iter_num, self.best_val = comm.bcast(state, root=0)
+        state = (self.optimizer.t, self.muon.t if self.muon is not None else 0, self.rng.bit_generator.state,
+                 self.iter_num, self.best_val, self.train_seconds)
+        self.optimizer.t, muon_t, rng_state, self.iter_num, self.best_val, self.train_seconds = \
+            comm.bcast(state, root=0)
+        if self.muon is not None:
+            self.muon.t = muon_t
         self.rng.bit_generator.state = rng_state
 
-    def _restore(self, meta, arrays):
+    def _restore(self, meta, arrays, log=None):
         if "optim/m" in arrays:
             self.optimizer.load_state_dict({"m": arrays["optim/m"], "v": arrays["optim/v"], "t": meta["optimizer_t"]})
+        saved_optimizer = meta.get("optimizer", "adamw")      # (checkpoints older than Muon: AdamW)
+        if saved_optimizer != self.cfg.optimizer_name() and log is not None:
+            log(f"note: the checkpoint was trained with {saved_optimizer}; continuing with "
+                f"{self.cfg.optimizer_name()} (its state starts from zero)")
+        if self.muon is not None and "optim/muon_m" in arrays:
+            sizes = [m.size for m in self.muon.buffers]
+            pieces = np.split(arrays["optim/muon_m"], np.cumsum(sizes)[:-1])
+            self.muon.load_state_dict({"buffers": [piece.reshape(m.shape) for piece, m in zip(pieces, self.muon.buffers)],
+                                       "t": meta["muon_t"]})
+        self.train_seconds = float(meta.get("train_seconds", 0.0))
         if meta.get("rng_state"):
             self.rng.bit_generator.state = meta["rng_state"]
         self.iter_num = int(meta["iter_num"])
@@ -304,6 +363,8 @@ class _Run:
             raise _on_every_rank(TrainingError(f"non-finite {what} at iteration {self.iter_num}; training stopped "
                                                f"and {kept}. Try a smaller --learning_rate or --grad_clip."), self.dp)
         self.optimizer.step(lr)
+        if self.muon is not None:      # Muon's rate follows AdamW's schedule (with learning_rate 0, both are 0)
+            self.muon.step(lr / cfg.learning_rate * cfg.muon_lr if cfg.learning_rate > 0 else 0.0)
         self.iter_num += 1
         return loss, norm
 
@@ -330,7 +391,7 @@ class _Run:
         task = {"name": self.cfg.task} if self.cfg.task else None
         try:
             save_run(self.checkpoint_path, self.model, self.optimizer, self.tokenizer, self.cfg, self.iter_num,
-                     self.best_val, self.rng, task)
+                     self.best_val, self.rng, task, muon=self.muon, train_seconds=self.train_seconds)
         except OSError as e:
             try:
                 kept = f"the previous checkpoint (iteration {load_checkpoint(self.checkpoint_path)[1]['iter_num']}) " \
@@ -357,8 +418,15 @@ def _new_model(cfg, data, dtype, log):
         return model, cfg
     block = data.task.block_size if cfg.task else cfg.block_size
     config = GPTConfig(vocab_size=data.vocab_size, block_size=block, n_layer=cfg.n_layer,
-                       n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias)
+                       n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, **cfg.model_choices())
     return GPT(config, seed=cfg.seed, dtype=dtype), cfg
+
+
+def describe_architecture(cfg, config):
+    """``preset gpt2 (layernorm, learned positions, gelu MLP, ...)``: the run's preset and the model's choices."""
+    return (f"preset {cfg.preset} ({config.norm}, {config.position} positions, {config.mlp} MLP, "
+            f"{'QK-norm' if config.qk_norm else 'no QK-norm'}, {'tied' if config.tie_head else 'untied'} head, "
+            f"{'biases' if config.bias else 'no biases'})")
 
 
 def estimate_loss(model, data, cfg, it):
