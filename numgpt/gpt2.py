@@ -34,7 +34,7 @@ Three kinds of tensor are not parameters and are skipped: ``h.{i}.attn.bias``
 (the causal mask, saved by older versions of transformers),
 ``h.{i}.attn.masked_bias`` (the fill value for masked scores), and
 ``lm_head.weight`` (the output layer, which GPT-2 ties to ``wte``; it is
-checked to equal ``wte``, since numgpt cannot represent an untied head).
+checked to equal ``wte``, since a loaded model has GPT-2's tied head).
 
 What the loader refuses
 -----------------------
@@ -44,6 +44,12 @@ anything else is refused rather than silently approximated:
 ``"gelu_pytorch_tanh"``), ``layer_norm_epsilon`` 1e-5, ``n_inner`` null or
 ``4 * n_embd``, ``scale_attn_weights`` true, ``scale_attn_by_inverse_layer_idx``
 false, no cross-attention.
+
+Only GPT-2's architecture exists in this layout: layer norm, learned
+positions, the GELU MLP, no QK-norm and the head tied to ``wte`` (the
+``gpt2`` preset of :data:`numgpt.model.PRESETS`). :func:`save_gpt2` refuses a
+model with any other choice, naming it (:func:`gpt2_mismatch`), and so does
+``numgpt train --init_from`` for a run whose settings ask for one.
 
 Dropout
 -------

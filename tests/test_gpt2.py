@@ -7,13 +7,14 @@ transformers and torch are installed.
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numgpt.gpt2 import is_gpt2_path, load_gpt2, load_gpt2_tokenizer, save_gpt2
+from numgpt.gpt2 import gpt2_mismatch, is_gpt2_path, load_gpt2, load_gpt2_tokenizer, save_gpt2
 from numgpt.model import GPT, GPTConfig, param_layout
 from numgpt.safetensors import (bf16_bits_to_float32, float32_to_bf16_bits, read_safetensors,
                                 write_safetensors)
@@ -171,6 +172,29 @@ def test_save_overwrites_an_earlier_save(tmp_path):
     save_gpt2(model, tmp_path)
     np.testing.assert_array_equal(load_gpt2(tmp_path).flat_params, model.flat_params)
     assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]   # no temp files
+
+
+@pytest.mark.parametrize("choice, shown", [({"norm": "rmsnorm"}, "norm='rmsnorm'"),
+                                           ({"position": "rope"}, "position='rope'"),
+                                           ({"mlp": "relu2"}, "mlp='relu2'"), ({"mlp": "swiglu"}, "mlp='swiglu'"),
+                                           ({"qk_norm": True}, "qk_norm=True"),
+                                           ({"tie_head": False}, "tie_head=False")])
+def test_save_refuses_every_architecture_but_gpt2s(tmp_path, choice, shown):
+    config = GPTConfig(50, 16, 2, 2, 8, **choice)
+    assert gpt2_mismatch(config) == [shown]
+    with pytest.raises(ValueError, match=rf"save_gpt2: the Hugging Face GPT-2 layout holds only GPT-2's "
+                                         rf"architecture; this model has {re.escape(shown)} \(the gpt2 preset"):
+        save_gpt2(GPT(config), tmp_path / "a")
+    assert not (tmp_path / "a" / "model.safetensors").exists()
+
+
+def test_gpt2_mismatch_lists_every_choice_that_differs():
+    from numgpt.model import PRESETS
+
+    assert gpt2_mismatch(TINY) == [] and gpt2_mismatch(PRESETS["gpt2"]) == []
+    assert gpt2_mismatch(PRESETS["modern"]) == ["norm='rmsnorm'", "position='rope'", "mlp='relu2'",
+                                                 "qk_norm=True", "tie_head=False"]
+    assert gpt2_mismatch({**PRESETS["gpt2"], "bias": False}) == []      # biases: save_gpt2's own message
 
 
 def test_save_refuses_bias_free_models_and_bad_arguments(tmp_path):

@@ -16,6 +16,7 @@ from numgpt.optim import (
     cosine_lr,
     decay_mask_from_layout,
     grad_norm,
+    ranges_outside,
 )
 
 LAYOUT = [("wte", (5, 3)), ("bias", (4,)), ("w", (2, 3, 2)), ("gain", (3,))]
@@ -389,3 +390,61 @@ def test_float32_update_is_the_plain_formula_in_float32_bit_for_bit():
         p = p - (m / (np.sqrt(v) * (1.0 / math.sqrt(1.0 - b2 ** t)) + eps)) * (lr / (1.0 - b1 ** t))
         assert p.dtype == np.float32
         np.testing.assert_array_equal(params, p)
+
+
+# --- AdamW over some ranges of the buffer (the rest is Muon's) --------------------------------------
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_adamw_over_ranges_updates_them_as_the_whole_buffer_and_leaves_the_rest(n_threads):
+    # Ranges that start and stop inside cache blocks, span several blocks, and cut a decay mask.
+    layout = [("w1", (300, 400)), ("b1", (400,)), ("w2", (200, 300)), ("g", (5000,)), ("w3", (123, 7))]
+    n = sum(math.prod(s) for _, s in layout)
+    mask = decay_mask_from_layout(layout)
+    ranges = [(7, 70_000), (119_950, 120_500), (125_000, n - 3)]
+    owned = np.zeros(n, dtype=bool)
+    for lo, hi in ranges:
+        owned[lo:hi] = True
+    rng = np.random.default_rng(7)
+    start = rng.standard_normal(n)
+    whole_p, whole_g = start.copy(), np.zeros(n)
+    part_p, part_g = start.copy(), np.zeros(n)
+    whole = AdamW(whole_p, whole_g, mask, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, n_threads=n_threads)
+    part = AdamW(part_p, part_g, mask, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, n_threads=n_threads,
+                 ranges=ranges)
+    for _ in range(3):
+        whole_g[...] = part_g[...] = rng.standard_normal(n)
+        whole.step(2e-2)
+        part.step(2e-2)
+    np.testing.assert_array_equal(part_p[owned], whole_p[owned])
+    np.testing.assert_array_equal(part.m[owned], whole.m[owned])
+    np.testing.assert_array_equal(part.v[owned], whole.v[owned])
+    np.testing.assert_array_equal(part_p[~owned], start[~owned])
+    assert not part.m[~owned].any() and not part.v[~owned].any()
+
+
+def test_adamw_over_no_range_changes_nothing():
+    params, grads = np.ones(10), np.ones(10)
+    opt = AdamW(params, grads, ranges=[])
+    opt.step()
+    np.testing.assert_array_equal(params, np.ones(10))
+    assert opt.t == 1
+
+
+@pytest.mark.parametrize("ranges, match", [
+    ([(0, 11)], r"ranges must lie within \[0, 10\] with start <= stop, got \(0, 11\)"),
+    ([(5, 4)], r"got \(5, 4\)"),
+    ([(-1, 4)], r"got \(-1, 4\)"),
+    ([(4, 8), (2, 5)], r"ranges must be sorted and not overlap, got \(2, 5\) after \(4, 8\)"),
+    ([(1, 2, 3)], r"ranges must be \(start, stop\) pairs of integers, got \(1, 2, 3\)"),
+    ([("a", 2)], "ranges must be"),
+])
+def test_adamw_ranges_are_checked(ranges, match):
+    with pytest.raises(ValueError, match=match):
+        AdamW(np.zeros(10), np.zeros(10), ranges=ranges)
+
+
+def test_ranges_outside():
+    assert ranges_outside(10, []) == [(0, 10)]
+    assert ranges_outside(10, [(0, 10)]) == []
+    assert ranges_outside(10, [(6, 8), (2, 4)]) == [(0, 2), (4, 6), (8, 10)]
+    assert ranges_outside(10, [(0, 3), (3, 5)]) == [(5, 10)]
