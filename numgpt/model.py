@@ -46,11 +46,6 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
-    norm: str = "layernorm"
-    position: str = "learned"
-    mlp: str = "gelu"
-    qk_norm: bool = False
-    tie_head: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -64,35 +59,18 @@ class GPTConfig:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if not isinstance(self.bias, (bool, np.bool_)):
             raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
-        for name, allowed in (("norm", ("layernorm", "rmsnorm")), ("position", ("learned", "rope")),
-                              ("mlp", ("gelu", "relu2", "swiglu"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"GPTConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        for name in ("qk_norm", "tie_head"):
-            if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
 
     def to_dict(self):
-        return {k: (float(v) if k == "dropout" else bool(v) if k in ("bias", "qk_norm", "tie_head")
-                    else v if isinstance(v, str) else int(v))
+        return {k: (float(v) if k == "dropout" else bool(v) if k == "bias" else int(v))
                 for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d):
-        known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias",
-                 "norm", "position", "mlp", "qk_norm", "tie_head"}
+        known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown GPTConfig field(s): {sorted(unknown)}")
         return cls(**d)
-
-
-PRESETS = {
-    "gpt2": {"norm": "layernorm", "position": "learned", "mlp": "gelu", "qk_norm": False, "tie_head": True,
-             "bias": True},
-    "modern": {"norm": "rmsnorm", "position": "rope", "mlp": "relu2", "qk_norm": True, "tie_head": False,
-               "bias": False},
-}
 
 
 def param_layout(config):
