@@ -10,6 +10,20 @@ Architecture (GPT-2, pre-LN), for ids ``idx`` (B, T):
         x = x + mlp.c_proj(gelu(mlp.c_fc(ln_2(x))))          MLP sub-block (4C hidden)
     logits = ln_f(x) @ wte.T                                 lm head tied to wte
 
+That is the ``gpt2`` preset and the default. :class:`GPTConfig` also offers the
+choices of today's models (Llama, the modded-nanoGPT speedrun), each a layer of
+:mod:`numgpt.layers` with its own derivation page:
+
+- ``norm="rmsnorm"``: RMSNorm (a learned weight, no bias) in place of every layer norm;
+- ``position="rope"``: no ``wpe``; rotary embeddings turn q and k inside attention;
+- ``mlp="relu2"`` (squared ReLU, 4C hidden) or ``mlp="swiglu"``
+  (``c_fc`` makes the gate and the up projection side by side, hidden
+  :func:`swiglu_hidden` (C) so that the MLP keeps about GPT-2's parameter count);
+- ``qk_norm=True``: RMSNorm without weight of each head's q and k, before RoPE;
+- ``tie_head=False``: an own ``lm_head.weight`` (V, C) instead of ``wte``.
+
+The ``modern`` preset (:data:`PRESETS`) takes them all, with squared ReLU and no biases.
+
 Every step is a forward/backward pair from :mod:`numgpt.layers`; this module
 only wires them together and runs the backward in exact reverse order, adding
 each gradient into its slot (the residual stream's gradient is the sum of the
@@ -29,16 +43,40 @@ model (``DataParallel(model)``), runs :meth:`GPT.loss_forward` and
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
 from . import layers as L
 
 
+NORMS = ("layernorm", "rmsnorm")
+POSITIONS = ("learned", "rope")
+MLPS = ("gelu", "relu2", "swiglu")
+
+# The architecture choices of each preset; the sizes are set separately.
+PRESETS = {
+    "gpt2": {"norm": "layernorm", "position": "learned", "mlp": "gelu", "qk_norm": False, "tie_head": True,
+             "bias": True},
+    "modern": {"norm": "rmsnorm", "position": "rope", "mlp": "relu2", "qk_norm": True, "tie_head": False,
+               "bias": False},
+}
+
+
+def swiglu_hidden(n_embd):
+    """SwiGLU's hidden width: 8C/3 rounded up to a multiple of 8 (Llama's rule, which keeps the
+    three matrices at about the parameters of a 4C two-matrix MLP)."""
+    return 8 * -(-8 * n_embd // 24)
+
+
 @dataclass(frozen=True)
 class GPTConfig:
-    """Sizes of a GPT-2 model. ``bias=False`` drops every linear and layer-norm bias (as nanoGPT allows)."""
+    """Sizes and architecture choices of a model; the defaults are GPT-2's.
+
+    ``bias=False`` drops every linear and norm bias (as nanoGPT allows); the
+    other choices are described in the module docstring. Dicts written before
+    the choices existed load with the defaults, i.e. as GPT-2.
+    """
     vocab_size: int
     block_size: int
     n_layer: int
@@ -46,6 +84,11 @@ class GPTConfig:
     n_embd: int
     dropout: float = 0.0
     bias: bool = True
+    norm: str = "layernorm"
+    position: str = "learned"
+    mlp: str = "gelu"
+    qk_norm: bool = False
+    tie_head: bool = True
 
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
@@ -57,16 +100,39 @@ class GPTConfig:
         if not isinstance(self.dropout, (int, float)) or isinstance(self.dropout, bool) \
                 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
-        if not isinstance(self.bias, (bool, np.bool_)):
-            raise ValueError(f"GPTConfig.bias must be True or False, got {self.bias!r}")
+        for name in ("bias", "qk_norm", "tie_head"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"GPTConfig.{name} must be True or False, got {getattr(self, name)!r}")
+        for name, choices in (("norm", NORMS), ("position", POSITIONS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"GPTConfig.{name} must be one of {', '.join(map(repr, choices))}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.position == "rope" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"GPTConfig.position='rope' turns features in pairs: the head size n_embd/n_head = "
+                             f"{self.n_embd}/{self.n_head} = {self.n_embd // self.n_head} must be even")
+
+    @property
+    def mlp_hidden(self):
+        """Width of the MLP's hidden layer: 4C, or :func:`swiglu_hidden` (C) for SwiGLU."""
+        return swiglu_hidden(self.n_embd) if self.mlp == "swiglu" else 4 * self.n_embd
+
+    def preset(self):
+        """The name of the preset whose choices this config has (bias included), or None."""
+        choices = {k: getattr(self, k) for k in PRESETS["gpt2"]}
+        return next((name for name, preset in PRESETS.items() if preset == choices), None)
+
+    def is_gpt2(self):
+        """Whether the architecture is GPT-2's (biases aside), so that GPT-2 checkpoints fit it."""
+        return all(getattr(self, k) == v for k, v in PRESETS["gpt2"].items() if k != "bias")
 
     def to_dict(self):
-        return {k: (float(v) if k == "dropout" else bool(v) if k == "bias" else int(v))
-                for k, v in asdict(self).items()}
+        kinds = {"dropout": float, "bias": bool, "qk_norm": bool, "tie_head": bool,
+                 "norm": str, "position": str, "mlp": str}
+        return {k: kinds.get(k, int)(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d):
-        known = {"vocab_size", "block_size", "n_layer", "n_head", "n_embd", "dropout", "bias"}
+        known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown GPTConfig field(s): {sorted(unknown)}")
@@ -74,20 +140,32 @@ class GPTConfig:
 
 
 def param_layout(config):
-    """``[(name, shape)]`` of every parameter, GPT-2 checkpoint names and shapes, in buffer order."""
+    """``[(name, shape)]`` of every parameter, GPT-2 checkpoint names and shapes, in buffer order.
+
+    RMSNorm keeps the layer norms' names (``ln_1.weight``...) and has no bias;
+    RoPE has no ``wpe``; an untied head adds ``lm_head.weight`` (V, C) at the end.
+    """
     V, Tm, C = config.vocab_size, config.block_size, config.n_embd
-    layout = [("wte", (V, C)), ("wpe", (Tm, C))]
+    hidden = config.mlp_hidden
+    fc_out = 2 * hidden if config.mlp == "swiglu" else hidden          # SwiGLU: gate and up side by side
+    layout = [("wte", (V, C))]
+    if config.position == "learned":
+        layout.append(("wpe", (Tm, C)))
     for i in range(config.n_layer):
         p = f"h.{i}."
         layout += [(p + "ln_1.weight", (C,)), (p + "ln_1.bias", (C,)),
                    (p + "attn.c_attn.weight", (C, 3 * C)), (p + "attn.c_attn.bias", (3 * C,)),
                    (p + "attn.c_proj.weight", (C, C)), (p + "attn.c_proj.bias", (C,)),
                    (p + "ln_2.weight", (C,)), (p + "ln_2.bias", (C,)),
-                   (p + "mlp.c_fc.weight", (C, 4 * C)), (p + "mlp.c_fc.bias", (4 * C,)),
-                   (p + "mlp.c_proj.weight", (4 * C, C)), (p + "mlp.c_proj.bias", (C,))]
+                   (p + "mlp.c_fc.weight", (C, fc_out)), (p + "mlp.c_fc.bias", (fc_out,)),
+                   (p + "mlp.c_proj.weight", (hidden, C)), (p + "mlp.c_proj.bias", (C,))]
     layout += [("ln_f.weight", (C,)), ("ln_f.bias", (C,))]
+    if not config.tie_head:
+        layout.append(("lm_head.weight", (V, C)))
     if not config.bias:
         layout = [(n, s) for n, s in layout if not n.endswith(".bias")]
+    if config.norm == "rmsnorm":
+        layout = [(n, s) for n, s in layout if not n.endswith(("ln_1.bias", "ln_2.bias", "ln_f.bias"))]
     return layout
 
 
@@ -161,7 +239,7 @@ class GPT:
     def num_params_report(self, non_embedding=True):
         """Parameter count as nanoGPT reports it (position embeddings excluded by default)."""
         n = self.num_params
-        if non_embedding:
+        if non_embedding and "wpe" in self.params:
             n -= self.params["wpe"].size
         return n
 
@@ -188,6 +266,16 @@ class GPT:
     def _ln_bias(self, name):
         p = self.params.get(name)
         return self._zero_bias if p is None else p
+
+    def _head_weight(self):
+        """The lm head's (V, C) matrix: ``wte`` when tied, else ``lm_head.weight``."""
+        return self.params["wte"] if self.config.tie_head else self.params["lm_head.weight"]
+
+    def _norm(self, run, name, x):
+        """Layer norm or RMSNorm ``name`` (e.g. ``h.0.ln_1``) of ``x``, as the config says."""
+        if self.config.norm == "rmsnorm":
+            return run(name, L.rmsnorm_forward, x, self.params[name + ".weight"])
+        return run(name, L.layernorm_forward, x, self.params[name + ".weight"], self._ln_bias(name + ".bias"))
 
     # --- validation --------------------------------------------------------------
 
@@ -216,28 +304,32 @@ class GPT:
 
     # --- forward -------------------------------------------------------------------
 
-    def _block(self, i, x, attend, run, drop=0.0, dropout_rng=None):
+    def _block(self, i, x, attend, run, drop=0.0, dropout_rng=None, pos=0):
         """Transformer block ``i`` on the residual stream ``x``: the one definition for training and the KV cache.
 
         ``run(name, forward, *args)`` calls a layer's forward and returns its
         output (keeping its cache under ``name`` in training); ``attend(name,
         qkv)`` is the attention of the new positions (over the whole sequence
-        in training, against the key/value cache when generating).
+        in training, against the key/value cache when generating); ``pos`` is
+        the position of ``x``'s first row (for RoPE).
         """
+        c = self.config
         h = f"h.{i}."
-        a = run(h + "ln_1", L.layernorm_forward, x, self.params[h + "ln_1.weight"], self._ln_bias(h + "ln_1.bias"))
+        a = self._norm(run, h + "ln_1", x)
         a = run(h + "attn.c_attn", L.linear_forward, a, self.params[h + "attn.c_attn.weight"],
                 self._p(h + "attn.c_attn.bias"))                                     # (B, T, 3C)
+        if c.qk_norm or c.position == "rope":
+            a = run(h + "attn.qk", qk_forward, a, c.n_head, c.qk_norm, c.position == "rope", pos)
         a = attend(h + "attn.attention", a)                                         # (B, T, C)
         a = run(h + "attn.c_proj", L.linear_forward, a, self.params[h + "attn.c_proj.weight"],
                 self._p(h + "attn.c_proj.bias"))
         if drop:
             a = run(h + "attn.dropout", L.dropout_forward, a, drop, dropout_rng)
         x = x + a                                                                    # residual
-        m = run(h + "ln_2", L.layernorm_forward, x, self.params[h + "ln_2.weight"], self._ln_bias(h + "ln_2.bias"))
+        m = self._norm(run, h + "ln_2", x)
         m = run(h + "mlp.c_fc", L.linear_forward, m, self.params[h + "mlp.c_fc.weight"],
-                self._p(h + "mlp.c_fc.bias"))                                        # (B, T, 4C)
-        m = run(h + "mlp.gelu", L.gelu_forward, m)
+                self._p(h + "mlp.c_fc.bias"))                                        # (B, T, 4C), SwiGLU (B, T, 2 hidden)
+        m = run(h + "mlp.act", _ACTIVATIONS[c.mlp][0], m)                            # (B, T, hidden)
         m = run(h + "mlp.c_proj", L.linear_forward, m, self.params[h + "mlp.c_proj.weight"],
                 self._p(h + "mlp.c_proj.bias"))
         if drop:
@@ -260,12 +352,12 @@ class GPT:
         def attend(name, qkv):
             return run(name, L.attention_forward, qkv, c.n_head)
 
-        x = run("embedding", L.embedding_forward, idx, P["wte"], P["wpe"])            # (B, T, C)
+        x = run("embedding", L.embedding_forward, idx, P["wte"], P.get("wpe"))       # (B, T, C)
         if drop:
             x = run("embedding.dropout", L.dropout_forward, x, drop, dropout_rng)
         for i in range(c.n_layer):
             x = self._block(i, x, attend, run, drop, dropout_rng)
-        x = run("ln_f", L.layernorm_forward, x, P["ln_f.weight"], self._ln_bias("ln_f.bias"))
+        x = self._norm(run, "ln_f", x)
         return x, caches
 
     def forward(self, idx, last_only=False):
@@ -278,14 +370,14 @@ class GPT:
         x, _ = self._forward(idx)
         if last_only:
             x = x[:, -1:]
-        logits, _ = L.linear_forward(x, self.params["wte"].T)                      # (B, T, V)
+        logits, _ = L.linear_forward(x, self._head_weight().T)                     # (B, T, V)
         return logits
 
     def loss(self, idx, targets, ignore_index=-1):
         """Mean cross-entropy of the next-token predictions, evaluation mode."""
         self.check_targets(idx, targets)
         x, _ = self._forward(idx)
-        logits, _ = L.linear_forward(x, self.params["wte"].T)                       # (B, T, V)
+        logits, _ = L.linear_forward(x, self._head_weight().T)                      # (B, T, V)
         loss, _ = L.softmax_cross_entropy_forward(logits, targets, ignore_index, overwrite_logits=True)
         return float(loss)
 
@@ -320,7 +412,7 @@ class GPT:
         at least one target must differ from ``ignore_index``.
         """
         x, caches = self._forward(idx, dropout_rng, keep_cache=True)
-        logits, head_cache = L.linear_forward(x, self.params["wte"].T)               # (B, T, V)
+        logits, head_cache = L.linear_forward(x, self._head_weight().T)              # (B, T, V)
         # The logits, then the probabilities, then dlogits share one buffer: at GPT-2's
         # vocabulary that is 2 fewer arrays of (B*T, 50257).
         loss, ce_cache = L.softmax_cross_entropy_forward(logits, targets, ignore_index, overwrite_logits=True)
@@ -332,7 +424,8 @@ class GPT:
 
         Walks the layers in exact reverse order and hands every parameter
         gradient to ``add(name, value, path)`` (``path`` 0 and 1 for the tied
-        ``wte``'s lm-head and embedding halves, in that order); the default
+        ``wte``'s lm-head and embedding halves, in that order; an untied
+        ``wte`` has only its embedding path, 0); the default
         adds into ``self.grads``. Absent biases (``bias=False``) are skipped.
         The cache is used up (its buffers are overwritten).
         """
@@ -353,37 +446,47 @@ class GPT:
             return L.dropout_backward(dout, back(name)) if cache[-1][0] == name else dout
 
         dlogits = L.softmax_cross_entropy_backward(dloss, back("loss"), overwrite_cache=True)   # (B, T, V)
-        dx, dwte_t, _ = L.linear_backward(dlogits, back("lm_head"))                  # dwte_t: (C, V)
+        dx, dhead_t, _ = L.linear_backward(dlogits, back("lm_head"))                 # dhead_t: (C, V)
         del dlogits
-        put("wte", dwte_t.T, path=0)                                                # lm-head path of the tie
-        dx, dw, db = L.layernorm_backward(dx, back("ln_f"))
-        put("ln_f.weight", dw)
-        put("ln_f.bias", db)
+        if c.tie_head:
+            put("wte", dhead_t.T, path=0)                                           # lm-head path of the tie
+        else:
+            put("lm_head.weight", dhead_t.T)
+        dx = self._norm_back(put, dx, back("ln_f"), "ln_f")
         for i in reversed(range(c.n_layer)):
             h = f"h.{i}."
             dm = dx                                                                 # residual: both branches get dx
             dm = dropout_back(dm, h + "mlp.dropout")
             dm = _linear_back(put, dm, back(h + "mlp.c_proj"), h + "mlp.c_proj")
-            dm = L.gelu_backward(dm, back(h + "mlp.gelu"))
+            dm = _ACTIVATIONS[c.mlp][1](dm, back(h + "mlp.act"))
             dm = _linear_back(put, dm, back(h + "mlp.c_fc"), h + "mlp.c_fc")
-            dm, dw, db = L.layernorm_backward(dm, back(h + "ln_2"))
-            put(h + "ln_2.weight", dw)
-            put(h + "ln_2.bias", db)
+            dm = self._norm_back(put, dm, back(h + "ln_2"), h + "ln_2")
             dx = dx + dm
             da = dx
             da = dropout_back(da, h + "attn.dropout")
             da = _linear_back(put, da, back(h + "attn.c_proj"), h + "attn.c_proj")
             da = L.attention_backward(da, back(h + "attn.attention"))
+            if c.qk_norm or c.position == "rope":
+                da = qk_backward(da, back(h + "attn.qk"))
             da = _linear_back(put, da, back(h + "attn.c_attn"), h + "attn.c_attn")
-            da, dw, db = L.layernorm_backward(da, back(h + "ln_1"))
-            put(h + "ln_1.weight", dw)
-            put(h + "ln_1.bias", db)
+            da = self._norm_back(put, da, back(h + "ln_1"), h + "ln_1")
             dx = dx + da
         dx = dropout_back(dx, "embedding.dropout")
         dwte, dwpe = L.embedding_backward(dx, back("embedding"))
-        put("wte", dwte, path=1)                                                    # embedding path of the tie
-        put("wpe", dwpe)
+        put("wte", dwte, path=1 if c.tie_head else 0)                               # embedding path (of the tie)
+        if dwpe is not None:
+            put("wpe", dwpe)
         assert not cache
+
+    def _norm_back(self, put, dout, cache, prefix):
+        """Backward of :meth:`_norm`, handing its weight (and bias) gradients to ``put``."""
+        if self.config.norm == "rmsnorm":
+            dx, dw = L.rmsnorm_backward(dout, cache)
+        else:
+            dx, dw, db = L.layernorm_backward(dout, cache)
+            put(prefix + ".bias", db)
+        put(prefix + ".weight", dw)
+        return dx
 
     def attention_maps(self, idx):
         """Attention probabilities of every layer, ``(n_layer, B, H, T, T)``, evaluation mode."""
@@ -421,14 +524,16 @@ class GPT:
         def run(name, forward, *args):
             return forward(*args)[0]
 
-        x = P["wte"][idx] + P["wpe"][pos:pos + t]                                     # (B, t, C)
+        x = P["wte"][idx]                                                           # (B, t, C)
+        if c.position == "learned":
+            x += P["wpe"][pos:pos + t]
         for i in range(c.n_layer):
             def attend(name, qkv, i=i):
                 return L.attention_step_forward(qkv, kv_cache["k"][i], kv_cache["v"][i], pos, c.n_head)
-            x = self._block(i, x, attend, run)
-        x, _ = L.layernorm_forward(x, P["ln_f.weight"], self._ln_bias("ln_f.bias"))
+            x = self._block(i, x, attend, run, pos=pos)
+        x = self._norm(run, "ln_f", x)
         kv_cache["pos"] = pos + t
-        logits, _ = L.linear_forward(x, P["wte"].T)
+        logits, _ = L.linear_forward(x, self._head_weight().T)
         return logits
 
     # --- state -------------------------------------------------------------------------
@@ -449,6 +554,58 @@ class GPT:
                 if value.shape != p.shape:
                     raise ValueError(f"parameter {name} must have shape {p.shape}, got {value.shape}")
                 p[...] = value
+
+
+def qk_forward(qkv, n_head, qk_norm, rope, pos=0):
+    """QK-norm (RMSNorm without weight over each head's D features) and then RoPE of the queries
+    and keys in ``qkv`` (B, T, 3C), for positions ``pos .. pos+T-1``; the values pass unchanged.
+
+    This is the order of Qwen3 and of the modded-nanoGPT speedrun: the norm
+    fixes each head's q and k to length sqrt(D), the rotation keeps that length.
+    Returns the new ``qkv`` (B, T, 3C) and the cache for :func:`qk_backward`.
+    """
+    B, T, C3 = qkv.shape
+    D = C3 // 3 // n_head
+    parts = qkv.reshape(B, T, 3, n_head, D)                 # q, k, v of every head, as views
+    out = np.empty_like(parts)                              # (B, T, 3, H, D)
+    out[:, :, 2] = parts[:, :, 2]
+    caches = []
+    for j in (0, 1):                                        # queries, then keys
+        y, norm_cache, rope_cache = parts[:, :, j], None, None          # (B, T, H, D)
+        if qk_norm:
+            y, norm_cache = L.rmsnorm_forward(y)
+        if rope:
+            y, rope_cache = L.rope_forward(y.transpose(0, 2, 1, 3), pos)  # (B, H, T, D), RoPE's layout
+            y = y.transpose(0, 2, 1, 3)
+        out[:, :, j] = y
+        caches.append((norm_cache, rope_cache))
+    return out.reshape(B, T, C3), (n_head, caches)
+
+
+def qk_backward(dout, cache):
+    """Gradient ``dqkv`` (B, T, 3C) of :func:`qk_forward`: RoPE's backward, then RMSNorm's, for q and k."""
+    n_head, caches = cache
+    B, T, C3 = dout.shape
+    parts = dout.reshape(B, T, 3, n_head, C3 // 3 // n_head)
+    dqkv = np.empty_like(parts)                             # (B, T, 3, H, D)
+    dqkv[:, :, 2] = parts[:, :, 2]
+    for j, (norm_cache, rope_cache) in enumerate(caches):
+        g = parts[:, :, j]                                  # (B, T, H, D)
+        if rope_cache is not None:
+            g = L.rope_backward(g.transpose(0, 2, 1, 3), rope_cache).transpose(0, 2, 1, 3)
+        if norm_cache is not None:
+            g = L.rmsnorm_backward(g, norm_cache)
+        dqkv[:, :, j] = g
+    return dqkv.reshape(B, T, C3)
+
+
+# The MLP's activation for each ``GPTConfig.mlp``: (forward, backward) on c_fc's output.
+_ACTIVATIONS = {
+    "gelu": (L.gelu_forward, L.gelu_backward),
+    "relu2": (L.relu_squared_forward, L.relu_squared_backward),
+    "swiglu": (lambda a: L.swiglu_forward(*np.split(a, 2, axis=-1)),        # gate | up, side by side
+               lambda dout, cache: np.concatenate(L.swiglu_backward(dout, cache), axis=-1)),
+}
 
 
 def count_targets(targets, ignore_index=-1):

@@ -18,7 +18,9 @@ the upstream gradients at those occurrences:
     \qquad
     \frac{\partial L}{\partial W_{pe}[t,:]} = \sum_b dy_{b,t,:}\ (t < T), \quad 0\ (t \ge T)
 
-Repeated ids accumulate; ids that never occur get a zero row.
+Repeated ids accumulate; ids that never occur get a zero row. Without a
+position table (``wpe=None``, for models whose positions enter inside attention,
+such as rotary embeddings) the output is the token rows alone and ``dwpe`` is None.
 Derivation: docs/derivations/embedding.md.
 """
 
@@ -30,34 +32,43 @@ from ._checks import check_dout, check_float_array, check_int_array, check_same_
 def embedding_forward(idx, wte, wpe):
     """Look up token and position embeddings and add them.
 
-    idx: int (B, T) token ids in [0, V); wte: (V, C); wpe: (T_max, C) with T <= T_max.
-    Returns out (B, T, C) and the cache for :func:`embedding_backward`.
+    idx: int (B, T) token ids in [0, V); wte: (V, C); wpe: (T_max, C) with T <= T_max,
+    or None for no position table. Returns out (B, T, C) and the cache for
+    :func:`embedding_backward`.
     """
     check_int_array("idx", idx, ndim=2)
     check_float_array("wte", wte, ndim=2)
-    check_float_array("wpe", wpe, ndim=2)
-    check_same_dtype(wte=wte, wpe=wpe)
     V, C = wte.shape
     B, T = idx.shape
+    if wpe is None:
+        _check_ids(idx, wte)
+        return wte[idx], (idx, wte.shape, None, wte.dtype)     # (B, T, C), a fresh array
+    check_float_array("wpe", wpe, ndim=2)
+    check_same_dtype(wte=wte, wpe=wpe)
     if wpe.shape[1] != C:
         raise ValueError(f"wpe must have shape (T_max, {C}) to match wte {wte.shape}, got {wpe.shape}")
     if T > wpe.shape[0]:
         raise ValueError(
             f"idx has T={T} positions but wpe only has {wpe.shape[0]} rows (block size); "
             f"idx shape {idx.shape}, wpe shape {wpe.shape}")
-    if idx.size and (idx.min() < 0 or idx.max() >= V):
-        bad = idx[(idx < 0) | (idx >= V)]
-        raise ValueError(f"idx holds ids outside [0, {V}) for wte of shape {wte.shape}: e.g. {bad[:5].tolist()}")
+    _check_ids(idx, wte)
     out = wte[idx]          # (B, T, C), a fresh array from fancy indexing
     out += wpe[:T]          # broadcast over the batch
     cache = (idx, wte.shape, wpe.shape, wte.dtype)
     return out, cache
 
 
+def _check_ids(idx, wte):
+    V = wte.shape[0]
+    if idx.size and (idx.min() < 0 or idx.max() >= V):
+        bad = idx[(idx < 0) | (idx >= V)]
+        raise ValueError(f"idx holds ids outside [0, {V}) for wte of shape {wte.shape}: e.g. {bad[:5].tolist()}")
+
+
 def embedding_backward(dout, cache):
     """Gradients ``(dwte, dwpe)``; see docs/derivations/embedding.md.
 
-    dout: (B, T, C). Returns dwte (V, C) and dwpe (T_max, C).
+    dout: (B, T, C). Returns dwte (V, C) and dwpe (T_max, C), or None without a position table.
     """
     idx, wte_shape, wpe_shape, dtype = cache
     B, T = idx.shape
@@ -66,6 +77,8 @@ def embedding_backward(dout, cache):
     dout2 = dout.reshape(B * T, C)                      # (N, C), one row per occurrence
     dwte = np.zeros(wte_shape, dtype=dtype)             # (V, C)
     scatter_add_rows(dwte, idx.reshape(-1), dout2)
+    if wpe_shape is None:
+        return dwte, None
     dwpe = np.zeros(wpe_shape, dtype=dtype)             # (T_max, C)
     dout.sum(axis=0, out=dwpe[:T])                      # sum over the batch; rows >= T stay 0
     return dwte, dwpe
