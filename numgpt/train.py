@@ -277,7 +277,7 @@ class _Run:
             matrices = hidden_matrices(model.layout)
             params, grads = param_views(dp.flat_params, model.layout), param_views(dp.flat_grads, model.layout)
             muon = Muon([params[name] for name, _, _ in matrices], [grads[name] for name, _, _ in matrices],
-                        lr=cfg.muon_lr, momentum=cfg.muon_momentum)
+                        lr=cfg.muon_lr, momentum=cfg.muon_momentum, n_threads=dp.n_workers)
             adamw_ranges = ranges_outside(model.num_params, [(start, stop) for _, start, stop in matrices])
         optimizer = AdamW(dp.flat_params, dp.flat_grads, decay_mask_from_layout(model.layout),
                           lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,

@@ -344,3 +344,35 @@ def test_muon_page_examples_run_and_its_code_quotes_appear_in_muon_py():
     for code in blocks:
         exec(compile(code, str(page), "exec"), {"__name__": "muon_page_example"})
     assert not docs.quote_found("X = a * X - B @ X", source)        # the matcher can fail
+
+
+# --- threads ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n_threads", [2, 3, 8])
+def test_threads_give_the_same_bits_as_one(n_threads):
+    rng = np.random.default_rng(11)
+    shapes = [(16, 48), (16, 16), (16, 64), (64, 16), (8, 8)]
+    starts = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    runs = []
+    for threads in (1, n_threads):
+        params = [p.copy() for p in starts]
+        grads = [np.zeros_like(p) for p in params]
+        opt = Muon(params, grads, n_threads=threads)
+        g_rng = np.random.default_rng(12)
+        for _ in range(3):
+            for g in grads:
+                g[...] = g_rng.standard_normal(g.shape)
+            opt.step(0.01)
+        runs.append((params, opt.state_dict()))
+    for a, b in zip(runs[0][0], runs[1][0]):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(runs[0][1]["buffers"], runs[1][1]["buffers"]):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_no_matrices_and_bad_thread_counts():
+    opt = Muon([], [], n_threads=2)
+    opt.step()
+    assert opt.t == 1
+    with pytest.raises(ValueError, match="n_threads must be >= 1, got 0"):
+        Muon([], [], n_threads=0)
