@@ -7,10 +7,17 @@ file is checked against them, and :meth:`TrainConfig.validate` checks the
 values, so a setting's name, default, help and allowed values live in one
 place.
 
+A preset (``gpt2``, the default, or ``modern``) names the model's
+architecture choices (norm, position encoding, MLP, QK-norm, tied head, biases)
+and its optimizer; a setting left at ``""`` or None takes the preset's value,
+and :meth:`TrainConfig.model_choices` and :meth:`TrainConfig.optimizer_name`
+are the one place that resolves them.
+
 Resuming decides its settings in one function, :func:`resume_settings`: the
 settings saved in the checkpoint, overridden by what the user gave, except the
 ones that describe the model and its data (sizes, tokenizer, task), which come
-from the checkpoint because the saved weights only fit them.
+from the checkpoint because the saved weights only fit them (a checkpoint
+from before the presets holds a ``gpt2`` model).
 """
 
 import dataclasses
