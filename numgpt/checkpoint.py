@@ -596,10 +596,11 @@ def _check_optimizer_state(path, meta, arrays, layout):
     from .muon import hidden_matrices
 
     optimizer = meta.get("optimizer", "adamw")
-    if optimizer not in OPTIMIZERS:
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise CheckpointError(f"{path}: optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
     train_config = meta.get("train_config")
-    if isinstance(train_config, dict) and "preset" in train_config and train_config["preset"] not in PRESETS:
+    if isinstance(train_config, dict) and "preset" in train_config and (
+            not isinstance(train_config["preset"], str) or train_config["preset"] not in PRESETS):
         raise CheckpointError(f"{path}: train_config preset must be one of {tuple(PRESETS)}, got "
                               f"{train_config['preset']!r} (written by a newer numgpt?)")
     if "optim/muon_m" not in arrays:

@@ -272,11 +272,13 @@ def _rewrite(path, change):
     (lambda a, m: a.update({"optim/muon_m": a["optim/muon_m"].astype(np.int32)}), "optim/muon_m must be a float"),
     (lambda a, m: m.update(muon_t=-1), "muon_t must be a non-negative integer, got -1"),
     (lambda a, m: m["train_config"].update(preset="ancient"), "train_config preset must be one of .* got 'ancient'"),
+    (lambda a, m: m["train_config"].update(preset=["modern"]), r"train_config preset must be one of .* got \['modern'\]"),
+    (lambda a, m: m.update(optimizer={"name": "muon"}), "optimizer must be one of .* got {'name': 'muon'}"),
     (lambda a, m: m["model_config"].update(norm="batchnorm"), "model_config is not usable: .*norm"),
     (lambda a, m: m["model_config"].update(mlp="relu"), "model_config is not usable: .*mlp"),
     (lambda a, m: m["model_config"].update(qk_norm="yes"), "model_config is not usable: .*qk_norm"),
-], ids=["optimizer", "muon-state-without-muon", "muon-size", "muon-dtype", "muon-t", "preset", "norm", "mlp",
-        "qk_norm"])
+], ids=["optimizer", "muon-state-without-muon", "muon-size", "muon-dtype", "muon-t", "preset", "preset-list",
+        "optimizer-dict", "norm", "mlp", "qk_norm"])
 def test_load_run_refuses_unknown_choices_and_bad_muon_state(muon_checkpoint, change, match):
     from numgpt.checkpoint import load_for_inference
 
