@@ -91,6 +91,35 @@ def test_modern_preset_gradient_elementwise(name):
     assert rel_error(analytic, numeric) < RTOL, name
 
 
+@pytest.mark.parametrize("case", ["modern", "modern+swiglu"])
+def test_modern_preset_gradient_with_dropout(case):
+    # One generator seed gives the same masks, so the training loss is a function of the parameters.
+    model = randomised_model(case_config(case, dropout=0.3))
+    idx, targets = batch(model.config)
+    seed = 5
+
+    def f_for(name):
+        p = model.params[name]
+
+        def f(x):
+            saved = p.copy()
+            p[...] = x
+            try:
+                return model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))[0]
+            finally:
+                p[...] = saved
+        return f
+
+    loss, grads = model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))
+    assert abs(loss - model.loss(idx, targets)) > 1e-4                 # dropout did run
+    grads = {k: g.copy() for k, g in grads.items()}
+    rng = np.random.default_rng(3)
+    for name in model.params:
+        _, _, rel = adjoint_check(f_for(name), model.params[name].copy(), 1.0, grads[name], rng=rng,
+                                  **fd_step(model.config))
+        assert rel < RTOL, name
+
+
 def _rel_errors(model, idx, targets, names, **fd):
     """Adjoint-check relative error of each parameter in ``names``."""
     _, grads = model.loss_and_grads(idx, targets)
