@@ -135,8 +135,11 @@ def _qk_backward_without_rope(dout, cache):
     return qk_backward(dout, (n_head, [(norm_cache, None) for norm_cache, _ in caches]))
 
 
+_relu_squared_backward = L.relu_squared_backward      # the real one, before any monkeypatch
+
+
 def _relu2_backward_without_the_2(dout, cache):
-    return L.relu_squared_backward(dout, cache) / 2.0
+    return _relu_squared_backward(dout, cache) / 2.0
 
 
 def _swiglu_backward_swapped(dout, cache):
@@ -157,9 +160,10 @@ def test_a_broken_backward_fails_the_finite_difference_check(case, patch, monkey
     what, broken = patch
     if what == "qk_backward":
         monkeypatch.setattr(model_module, "qk_backward", broken)
+    elif what == "relu2":
+        monkeypatch.setattr(L, "relu_squared_backward", broken)
     else:
-        monkeypatch.setitem(model_module._ACTIVATIONS, what,
-                            (model_module._ACTIVATIONS[what][0], broken))
+        monkeypatch.setattr(model_module, "_swiglu_packed_backward", broken)
     upstream = ["h.1.attn.c_attn.weight", "h.0.mlp.c_fc.weight", "wte"]
     if what != "qk_backward":
         upstream.append("h.1.mlp.c_fc.weight")
