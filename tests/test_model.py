@@ -202,8 +202,9 @@ def test_parameter_count_matches_nanogpt():
 
 # --- the whole model against finite differences ---------------------------------------------------
 
-def _check_every_tensor(model, idx, targets):
-    """Adjoint check of every parameter tensor; returns the analytic grads (copies)."""
+def _check_every_tensor(model, idx, targets, h=None, order=4):
+    """Adjoint check of every parameter tensor (difference step ``h``, stencil ``order``);
+    returns the analytic grads (copies)."""
     loss, grads = model.loss_and_grads(idx, targets)
     grads = {k: g.copy() for k, g in grads.items()}
     assert loss == pytest.approx(model.loss(idx, targets), rel=1e-12)
@@ -211,7 +212,7 @@ def _check_every_tensor(model, idx, targets):
     for name in model.params:
         assert np.abs(grads[name]).max() > 0, f"gradient of {name} is all zero"
         fd, analytic, rel = adjoint_check(loss_of(model, name, idx, targets), model.params[name].copy(),
-                                          1.0, grads[name], rng=rng)
+                                          1.0, grads[name], rng=rng, h=h, order=order)
         assert rel < RTOL, f"{name}: finite differences {fd!r} vs backward {analytic!r} (rel {rel:.2e})"
     return grads
 

@@ -16,7 +16,7 @@ import pytest
 
 import numgpt.layers as layers
 import numgpt.parallel.data_parallel as dp_module
-from numgpt.model import GPT, GPTConfig
+from numgpt.model import GPT, PRESETS, GPTConfig
 from numgpt.optim import AdamW
 from numgpt.parallel import DataParallel, default_processes
 from numgpt.parallel.forked import ForkedWorkers, WorkerProcessDied, fork_available, shared_zeros
@@ -194,6 +194,16 @@ def test_processes_give_the_gradient_of_one_thread(n_workers, B, bias, models):
     one.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
     forked.loss_and_grads(idx, targets, accumulate=True, loss_scale=0.25)
     np.testing.assert_allclose(forked.flat_grads, one.flat_grads, rtol=1e-11, atol=1e-15)
+
+
+@pytest.mark.parametrize("choices", [PRESETS["modern"], {**PRESETS["modern"], "mlp": "swiglu"}],
+                         ids=["modern", "modern+swiglu"])
+def test_processes_give_the_gradient_of_one_thread_for_a_modern_model(choices, models):
+    config = _config(**choices)
+    one, forked = models(config, 2)
+    idx, targets = _batch(config, 5, seed=5)
+    targets[0, :3] = -1                      # uneven target counts between the slices
+    _assert_same_step(forked, one, idx, targets)
 
 
 def test_workers_read_the_parameters_written_after_the_fork(models):
