@@ -134,7 +134,7 @@ class _Parser(argparse.ArgumentParser):
         args = sys.argv[1:] if args is None else list(args)
         namespace, extras = super().parse_known_args(self._join_negative_values(args), namespace)
         if extras:
-            self.error(self._unrecognized(extras))
+            self.error(self._unrecognized(extras, args))
         for action, limits in self._numgpt_limits:
             value = getattr(namespace, action.dest, None)
             if value is not None and not isinstance(value, bool) and value not in limits:
@@ -158,7 +158,7 @@ class _Parser(argparse.ArgumentParser):
             i += 1
         return joined
 
-    def _unrecognized(self, extras):
+    def _unrecognized(self, extras, args=()):
         message = f"unrecognized arguments: {' '.join(extras)}"
         hints = []
         for token in extras:
@@ -166,6 +166,12 @@ class _Parser(argparse.ArgumentParser):
                 hints.extend(h for h in self.suggest_flags(token.split("=", 1)[0]) if h not in hints)
         if hints:
             message += f" (did you mean {' or '.join(hints)}?)"
+        # "--bias false": an on/off flag takes no value; say which spelling turns it off.
+        for flag, value in zip(args, args[1:]):
+            if (value in extras and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0")
+                    and f"--no-{flag[2:]}" in self._numgpt_flags):
+                message += f" ({flag} takes no value: {flag} turns it on, --no-{flag[2:]} off)"
+                break
         return message
 
     def suggest_flags(self, flag):

@@ -88,7 +88,9 @@ def test_flags_override_the_preset(textfile, tmp_path, flags, expected):
     (["train", "--preset", "llama"], "invalid choice: 'llama'"),
     (["train", "--optimizer", "sgd"], "invalid choice: 'sgd'"),
     (["train", "--mlp", "relu"], "invalid choice: 'relu'"),
-    (["train", "--qk_norm", "true"], "unrecognized arguments: true"),
+    (["train", "--qk_norm", "true"], "unrecognized arguments: true (--qk_norm takes no value: --qk_norm turns "
+                                     "it on, --no-qk_norm off)"),
+    (["train", "--bias", "false"], "(--bias takes no value: --bias turns it on, --no-bias off)"),
 ])
 def test_bad_flags_are_usage_errors(argv, fragment, capsys):
     with pytest.raises(SystemExit) as info:
