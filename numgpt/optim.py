@@ -14,6 +14,8 @@ weight matrices), not to biases and layer-norm gains, as in nanoGPT.
 
 The optimizer works on the model's flat parameter and gradient buffers, so a
 step is a handful of in-place vector operations over all parameters at once.
+Under ``--optimizer muon`` it owns only some ranges of them (``ranges``: the
+embeddings, head, norm weights and biases) and Muon (:mod:`numgpt.muon`) the rest.
 """
 
 import math

@@ -329,8 +329,10 @@ class _Run:
             self.optimizer.load_state_dict({"m": arrays["optim/m"], "v": arrays["optim/v"], "t": meta["optimizer_t"]})
         saved_optimizer = meta.get("optimizer", "adamw")      # (checkpoints older than Muon: AdamW)
         if saved_optimizer != self.cfg.optimizer_name() and log is not None:
+            fresh = "Muon's momentum starts" if self.muon is not None else \
+                "AdamW's moments of the hidden matrices start"
             log(f"note: the checkpoint was trained with {saved_optimizer}; continuing with "
-                f"{self.cfg.optimizer_name()} (its state starts from zero)")
+                f"{self.cfg.optimizer_name()} ({fresh} from zero)")
         if self.muon is not None and "optim/muon_m" in arrays:
             sizes = [m.size for m in self.muon.buffers]
             pieces = np.split(arrays["optim/muon_m"], np.cumsum(sizes)[:-1])

@@ -200,9 +200,23 @@ def test_resume_may_change_the_optimizer_with_a_note(textfile, tmp_path):
     train(tiny(textfile, out, max_iters=2), log=quiet)
     lines = []
     result = train(TrainConfig.resumed(str(out), log=quiet, max_iters=4, optimizer="muon"), log=lines.append)
-    assert "note: the checkpoint was trained with adamw; continuing with muon (its state starts from zero)" in lines
+    assert "note: the checkpoint was trained with adamw; continuing with muon (Muon's momentum starts from zero)" \
+        in lines
     assert result.iter_num == 4
     assert load_checkpoint(out / CHECKPOINT_NAME)[1]["optimizer"] == "muon"
+    lines = []
+    train(TrainConfig.resumed(str(out), log=quiet, max_iters=6, optimizer="adamw"), log=lines.append)
+    assert "note: the checkpoint was trained with muon; continuing with adamw (AdamW's moments of the hidden " \
+           "matrices start from zero)" in lines
+    arrays, meta = load_checkpoint(out / CHECKPOINT_NAME)
+    assert meta["optimizer"] == "adamw" and "optim/muon_m" not in arrays and meta["iter_num"] == 6
+
+
+def test_muon_with_a_zero_learning_rate_changes_nothing(textfile, tmp_path):
+    start = train(tiny(textfile, tmp_path / "init", max_iters=0), log=quiet).model.flat_params.copy()
+    result = train(tiny(textfile, tmp_path / "run", optimizer="muon", learning_rate=0.0, min_lr=0.0,
+                        max_iters=3), log=quiet)
+    np.testing.assert_array_equal(result.model.flat_params, start)
 
 
 # --- checkpoints from before the presets ----------------------------------------------------------
