@@ -98,7 +98,8 @@ class TrainConfig:
     beta2: float = setting(0.99, "AdamW beta2")
     grad_clip: float = setting(1.0, "global gradient-norm clip (0 disables)")
     optimizer: str = setting("", "'adamw', or 'muon' (Muon for the hidden 2-D weights, AdamW for embeddings, "
-                                 "head, norms and biases; no weight decay for Muon) (default '': the preset's)", ("",) + OPTIMIZERS)
+                                 "head, norms and biases; no weight decay for Muon) (default '': the preset's)",
+                             ("",) + OPTIMIZERS)
     muon_lr: float = setting(0.02, "Muon's peak learning rate (scaled by the same warmup + cosine schedule)")
     muon_momentum: float = setting(0.95, "Muon's momentum (Nesterov)")
     max_time: float = setting(0.0, "stop once the training steps (evaluations, checkpoints and logging "

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from .parallel.threads import default_threads, run_parallel, split
+from .parallel.threads import default_threads, run_parallel
 
 _BLOCK = 1 << 16      # elements per block of the fused update: a few arrays of it fit in L2 cache
 

@@ -290,7 +290,8 @@ class _Run:
 
     def describe_optimizer(self):
         cfg = self.cfg
-        adamw = f"AdamW (lr {cfg.learning_rate:g}, betas {cfg.beta1:g}/{cfg.beta2:g}, weight decay {cfg.weight_decay:g})"
+        adamw = (f"AdamW (lr {cfg.learning_rate:g}, betas {cfg.beta1:g}/{cfg.beta2:g}, "
+                 f"weight decay {cfg.weight_decay:g})")
         if self.muon is None:
             return adamw
         return (f"Muon for the {len(self.muon.params)} hidden matrices (lr {cfg.muon_lr:g}, momentum "
@@ -336,8 +337,8 @@ class _Run:
         if self.muon is not None and "optim/muon_m" in arrays:
             sizes = [m.size for m in self.muon.buffers]
             pieces = np.split(arrays["optim/muon_m"], np.cumsum(sizes)[:-1])
-            self.muon.load_state_dict({"buffers": [piece.reshape(m.shape) for piece, m in zip(pieces, self.muon.buffers)],
-                                       "t": meta["muon_t"]})
+            buffers = [piece.reshape(m.shape) for piece, m in zip(pieces, self.muon.buffers)]
+            self.muon.load_state_dict({"buffers": buffers, "t": meta["muon_t"]})
         self.train_seconds = float(meta.get("train_seconds", 0.0))
         if meta.get("rng_state"):
             self.rng.bit_generator.state = meta["rng_state"]
