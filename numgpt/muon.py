@@ -176,11 +176,12 @@ class Muon:
         if self.n_threads < 1:
             raise ValueError(f"n_threads must be >= 1, got {n_threads!r}")
         # The matrices dealt to the threads, largest first to the least loaded (the cost of a Newton-Schulz
-        # step is about rows * cols * min(rows, cols)), each thread with one BLAS thread: GEMMs of these
-        # sizes gain little from BLAS threads and lose much when the cores are busy. Measured on this
-        # 2-core machine at load average 3.6 (other jobs running), 4 x 4 x 128's 16 matrices took 144-2586
-        # ms a step on two BLAS threads, 47-58 ms on one thread of one, 48-52 ms on two threads of one
-        # (6 x 6 x 384: 3.7-9.7 s, 1.3-1.6 s, 1.5-1.6 s); a second core did not show under that load.
+        # step is about rows * cols * min(rows, cols)), each thread with one BLAS thread, since BLAS's own
+        # threads wait on each other badly when other jobs share the cores. Measured on this 2-core
+        # machine, Muon's step on the hidden matrices of 4 x 4 x 128 (16) and 6 x 6 x 384 (24):
+        #   load average 2.3:      two BLAS threads 39-41 ms and 0.87-0.97 s; two threads of one 26-27 ms and 1.5-1.75 s
+        #   load average 3.4-3.6:  two BLAS threads 0.14-2.6 s and 3.7-9.7 s; two threads of one 48-101 ms and 1.5-2.4 s
+        # so this loses up to about 1.8x on large matrices on a quiet host, and wins 2-6x on a busy one.
         loads = [0] * min(self.n_threads, max(1, len(params)))
         groups = [[] for _ in loads]
         for i in sorted(range(len(params)), key=lambda i: -_ns_cost(params[i].shape)):
