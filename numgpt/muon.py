@@ -181,7 +181,7 @@ class Muon:
         # machine, Muon's step on the hidden matrices of 4 x 4 x 128 (16) and 6 x 6 x 384 (24):
         #   load average 2.3:      two BLAS threads 39-41 ms and 0.87-0.97 s; two threads of one 26-27 ms and 1.5-1.75 s
         #   load average 3.4-3.6:  two BLAS threads 0.14-2.6 s and 3.7-9.7 s; two threads of one 48-101 ms and 1.5-2.4 s
-        # so this loses up to about 1.8x on large matrices on a quiet host, and wins 2-6x on a busy one.
+        # so this loses up to about 1.8x on large matrices on a quiet host and wins 1.4x to 50x on a busy one.
         loads = [0] * min(self.n_threads, max(1, len(params)))
         groups = [[] for _ in loads]
         for i in sorted(range(len(params)), key=lambda i: -_ns_cost(params[i].shape)):
