@@ -143,7 +143,7 @@ def _train(cfg, log, comm, stop):
                 if run.iter_num % cfg.eval_interval == 0 or done:
                     last_eval, accuracy, line = run.evaluate()
                     _record(metrics, {"iter": run.iter_num, "train_loss": last_eval["train"],
-                                      "val_loss": last_eval["val"],
+                                      "val_loss": last_eval["val"], "train_time": run.train_seconds,
                                       **({"accuracy": accuracy} if accuracy is not None else {})})
                     improved = last_eval["val"] < run.best_val
                     if improved:
@@ -177,7 +177,8 @@ def _train(cfg, log, comm, stop):
                         f"{tok_s:8,.0f} tok/s | elapsed {_format_seconds(time.perf_counter() - start)} | "
                         f"eta {_format_seconds(eta)}")
                     _record(metrics, {"iter": run.iter_num, "loss": loss, "lr": lr, "ms_per_iter": dt_ms,
-                                      "tokens_per_s": tok_s, "grad_norm": norm})
+                                      "tokens_per_s": tok_s, "grad_norm": norm,
+                                      "train_time": run.train_seconds})
         finally:
             metrics.close()
             run.dp.close()              # the worker processes, if any

@@ -51,7 +51,7 @@ def metrics_of(out):
 
 
 def without_timing(entries):
-    return [{k: v for k, v in e.items() if k not in ("ms_per_iter", "tokens_per_s")} for e in entries]
+    return [{k: v for k, v in e.items() if k not in ("ms_per_iter", "tokens_per_s", "train_time")} for e in entries]
 
 
 def checkpoint_iter(out):

@@ -386,10 +386,13 @@ def test_metrics_jsonl(textfile, tmp_path):
     assert [e["iter"] for e in train_lines] == [3, 6, 9, 12]
     assert [e["iter"] for e in eval_lines] == [0, 4, 8, 12]
     for e in train_lines:
-        assert {"loss", "lr", "ms_per_iter", "tokens_per_s", "grad_norm"} <= set(e)
+        assert {"loss", "lr", "ms_per_iter", "tokens_per_s", "grad_norm", "train_time"} <= set(e)
         assert math.isfinite(e["loss"]) and e["lr"] > 0
     for e in eval_lines:
         assert math.isfinite(e["train_loss"]) and math.isfinite(e["val_loss"])
+    # the seconds spent in training steps so far (evaluations excluded): from 0, never falling
+    times = [e["train_time"] for e in entries]
+    assert times[0] == 0.0 and all(a <= b for a, b in zip(times, times[1:])) and times[-1] > 0
     # resuming appends to the same file
     train(tiny(textfile, out, log_interval=3, max_iters=15, resume=True), log=quiet)
     more = [json.loads(line) for line in (out / METRICS_NAME).read_text(encoding="utf-8").splitlines()]
