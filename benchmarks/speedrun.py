@@ -50,7 +50,7 @@ def run_config(path, data, budget, eval_iters, work_dir):
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     wall = time.perf_counter() - t0
     tail = proc.stdout.strip().splitlines()
-    print("\n".join(line for line in tail if line.startswith(("model", "eval", "training", "note"))))
+    print("\n".join(line for line in tail if line.startswith(("model", "architecture", "eval", "training", "note"))))
     if proc.returncode:
         print("\n".join(tail[-20:]))
         raise SystemExit(f"{name} failed with exit code {proc.returncode}")
@@ -65,7 +65,7 @@ def run_config(path, data, budget, eval_iters, work_dir):
             "curve": [(r["train_time"], r["val_loss"]) for r in evals]}
 
 
-def plot(results, path, budget):
+def plot(results, path, budget, eval_iters):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,7 +76,7 @@ def plot(results, path, budget):
         style = "-" if r["name"].startswith("modern") else "--"
         ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{r['name']} (best {r['best_val']:.3f})")
     ax.set_xlabel("training time, s (evaluations excluded)")
-    ax.set_ylabel("validation loss (mean of 200 batches)")
+    ax.set_ylabel(f"validation loss (mean of {eval_iters} batches)")
     ax.set_title(f"tiny Shakespeare, character level, {budget:.0f} s budget on 2 cores")
     ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)
@@ -131,7 +131,7 @@ def main():
         json.dump({"budget_seconds": args.budget, "date": time.strftime("%Y-%m-%d %H:%M"),
                    "results": results}, f, indent=1)
     print(f"results: {args.results}")
-    plot(results, args.plot, args.budget)
+    plot(results, args.plot, args.budget, args.eval_iters or 200)
 
 
 if __name__ == "__main__":
