@@ -44,6 +44,7 @@ time gives tokens/s, and the ratio numgpt/llm.c is printed per round and as the 
 """
 
 import argparse
+import json
 import math
 import os
 import re
@@ -53,7 +54,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import json
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
