@@ -27,7 +27,10 @@ PyTorch ``torch.set_num_threads``; OMP_NUM_THREADS and MKL_NUM_THREADS are set f
 
 Both must pick the same ids (greedy on the same weights); float32 round-off in a different order
 of summation may flip a near tie late in the sequence, so the script reports how many of the new
-tokens agree and asserts that the first ``--must_agree`` (default 10) do.
+tokens agree (and how many distinct ids there are: a random model's greedy output tends to repeat
+itself) and asserts that the first ``--must_agree`` (default 10) do. As a direct check that both
+hold the same weights it also prints the largest difference between the two frameworks' logits
+over the prompt (computed after the timing).
 
 torch and transformers are not numgpt dependencies; install them for this script only
 (``pip install torch transformers``).
@@ -82,10 +85,12 @@ def worker_numgpt(directory, prompt, new_tokens):
     run(WARMUP_TOKENS)
     ttft = statistics.median(run(1)[0] for _ in range(TTFT_REPEATS))
     total, ids = run(new_tokens)
+    np.save(os.path.join(directory, "logits_numgpt.npy"), model.forward(idx)[0])      # untimed: the check
     return {"ttft": ttft, "total": total, "ids": ids, "what": f"numgpt, NumPy {np.__version__}"}
 
 
 def worker_hf(directory, prompt, new_tokens, threads):
+    import numpy as np
     import torch
     import transformers
     from transformers import GPT2LMHeadModel
@@ -114,6 +119,8 @@ def worker_hf(directory, prompt, new_tokens, threads):
     run(WARMUP_TOKENS)
     ttft = statistics.median(run(1)[0] for _ in range(TTFT_REPEATS))
     total, ids = run(new_tokens)
+    with torch.inference_mode():
+        np.save(os.path.join(directory, "logits_hf.npy"), model(idx).logits[0].numpy())   # untimed: the check
     what = (f"transformers {transformers.__version__}, torch {torch.__version__}, attention "
             f"{model.config._attn_implementation}")
     return {"ttft": ttft, "total": total, "ids": ids, "what": what}
@@ -161,6 +168,8 @@ def main():
         print(json.dumps(res))
         return
 
+    import numpy as np
+
     directory = tempfile.mkdtemp(prefix="numgpt_generate_speed_")
     try:
         t0 = time.perf_counter()
@@ -178,13 +187,16 @@ def main():
                 n, h = res["numgpt"][-1], res["hf"][-1]
                 agree = sum(a == b for a, b in zip(n["ids"], h["ids"]))
                 lead = leading_agreement(n["ids"], h["ids"])
+                diff = float(np.abs(np.load(os.path.join(directory, "logits_numgpt.npy"))
+                                    - np.load(os.path.join(directory, "logits_hf.npy"))).max())
                 if r == 0 and threads == args.threads[0]:
                     print(f"numgpt: {n['what']}\nHF:     {h['what']}")
                 print(f"round {r + 1}: numgpt {args.new_tokens / n['total']:6.2f} tokens/s, TTFT "
                       f"{1000 * n['ttft']:6.0f} ms | HF {args.new_tokens / h['total']:6.2f} tokens/s, TTFT "
                       f"{1000 * h['ttft']:6.0f} ms | tokens/s numgpt/HF {h['total'] / n['total']:.2f}, "
                       f"TTFT HF/numgpt {h['ttft'] / n['ttft']:.2f} | same ids: first {lead}, "
-                      f"{agree} of {args.new_tokens} positions")
+                      f"{agree} of {args.new_tokens} positions ({len(set(n['ids']))} distinct ids); prompt logits "
+                      f"max |numgpt - HF| {diff:.1e}")
                 if lead < min(args.must_agree, args.new_tokens):
                     raise AssertionError(f"numgpt and HF disagree at new token {lead}: "
                                          f"{n['ids'][:lead + 3]} vs {h['ids'][:lead + 3]}")
