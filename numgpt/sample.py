@@ -76,7 +76,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
         elif cache is None or cache["pos"] >= block:
             keep = min(n, block if cache is None else block // 2)   # refill: the prompt, or half a block
             cache = model.new_kv_cache(out.shape[0])
-            logits = model.forward_step(out[:, n - keep:n], cache)[:, -1]
+            logits = model.forward_step(out[:, n - keep:n], cache, last_only=True)[:, -1]
         else:
             logits = model.forward_step(out[:, n - 1:n], cache)[:, -1]
         out[:, n] = sample_next(logits, rng, temperature, top_k, top_p)

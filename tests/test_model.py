@@ -465,6 +465,19 @@ def test_forward_step_matches_forward(dtype, atol, chunks):
     np.testing.assert_allclose(stepped, full, rtol=0, atol=atol)
 
 
+def test_forward_step_last_only_is_the_last_row_and_fills_the_same_cache():
+    model = GPT(tiny_config(), seed=1, dtype=np.float64)
+    idx = np.random.default_rng(0).integers(0, 11, size=(2, 5))
+    full_cache, last_cache = model.new_kv_cache(2), model.new_kv_cache(2)
+    every = model.forward_step(idx, full_cache)
+    last = model.forward_step(idx, last_cache, last_only=True)
+    assert last.shape == (2, 1, 11)
+    np.testing.assert_array_equal(last[:, 0], every[:, -1])
+    assert last_cache["pos"] == full_cache["pos"] == 5
+    np.testing.assert_array_equal(last_cache["k"], full_cache["k"])
+    np.testing.assert_array_equal(last_cache["v"], full_cache["v"])
+
+
 def test_forward_step_refuses_to_overflow_the_cache():
     model = GPT(tiny_config())
     cache = model.new_kv_cache(1)
