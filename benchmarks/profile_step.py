@@ -5,7 +5,7 @@
     python benchmarks/profile_step.py --torch-python /path/to/venv/bin/python   # torch not in this Python
 
 numgpt: the step of `numgpt train` (loss and gradients, clip_grad_norm, AdamW) runs in one process
-with ONE worker (no batch split; BLAS gets --threads threads), and every layer function the model
+with ONE worker and ONE BLAS thread (one core, the whole batch: no thread pool to contend), and every layer function the model
 calls through ``numgpt.layers`` is wrapped with a perf_counter timer (self time: a nested timed call
 is not counted twice). The attention layer's softmax helpers (``causal_softmax``,
 ``softmax_backward_from_probs``) are wrapped too, so that "softmax" is split from "attention's small
@@ -15,7 +15,8 @@ the small products. The lm-head matmul is a ``linear_forward``/``linear_backward
 matmul. "gradient hand-off" is the model copying/adding each parameter gradient into the flat
 buffer. "Python overhead" is the step's wall time minus every timed category. The real step
 (DataParallel with --threads workers, as `numgpt train` runs it) is timed in a separate process,
-unwrapped; its "gradient reduction" row is an estimate: (workers - 1) additions of a whole flat
+unwrapped; the "numgpt scaled" column gives each category its one-core share of that real step
+(an estimate: it assumes the split shrinks every category alike). Its "gradient reduction" row is an estimate: (workers - 1) additions of a whole flat
 gradient buffer, timed here (what forked workers' gradients cost to sum); with thread workers the
 sum happens inside the hand-off.
 
@@ -293,7 +294,7 @@ def main():
     for name in args.configs:
         steps = args.steps or STEPS[name]
         warmup = WARMUP[name] if args.warmup is None else args.warmup
-        prof = run_worker("numgpt-profile", name, args.threads, steps, warmup, sys.executable)
+        prof = run_worker("numgpt-profile", name, 1, steps, warmup, sys.executable)
         real = run_worker("numgpt-step", name, args.threads, steps, warmup, sys.executable)
         torch_res = None if args.no_torch else run_worker("torch", name, args.threads, steps, warmup,
                                                           args.torch_python)
@@ -305,23 +306,29 @@ def main():
         L_, H, C, T, B, V = CONFIGS[name]
         print(f"\n== {name}: {L_}x{H}x{C}, block {T}, batch {B}, vocab {V}; {args.threads} thread(s); "
               f"median of {steps} steps after {warmup} ==")
-        print(f"{'category':<26}{'numgpt ms':>11}{'PyTorch ms':>12}")
+        # Each category's share of the one-core step, applied to the real step's wall time: what it
+        # costs per step with the batch split over the workers (an estimate; the reduction is not scaled).
+        scale = real["step_ms"] / prof["step_ms"]
+        scaled = {c: (v if c == "gradient reduction" else v * scale) for c, v in cats.items()}
+        results[name]["numgpt_scaled"] = scaled
+        print(f"{'category':<26}{'numgpt 1 core':>14}{'numgpt scaled':>14}{'PyTorch':>10}   (ms per step)")
         tc = torch_res["categories"] if torch_res else {}
         for c in CATEGORIES:
-            n = cats.get(c, 0.0)
-            t = f"{tc.get(c, 0.0):>12.2f}" if torch_res else f"{'-':>12}"
+            n, s = cats.get(c, 0.0), scaled.get(c, 0.0)
+            t = f"{tc.get(c, 0.0):>10.2f}" if torch_res else f"{'-':>10}"
             if c == "gradient reduction":
-                n_s = f"{n:>10.2f}*" if n else f"{'-':>11}"
+                n_s = (f"{'-':>14}{s:>13.2f}*" if s else f"{'-':>14}{'-':>14}")
             else:
-                n_s = f"{n:>11.2f}"
+                n_s = f"{n:>14.2f}{s:>14.2f}"
             print(f"{c:<26}{n_s}{t}")
-        tp = f"{torch_res['profiled_step_ms']:>12.2f}" if torch_res else f"{'-':>12}"
-        print(f"{'step, profiled':<26}{prof['step_ms']:>11.2f}{tp}")
-        tu = f"{torch_res['step_ms']:>12.2f}" if torch_res else f"{'-':>12}"
-        print(f"{'step, unprofiled':<26}{real['step_ms']:>11.2f}{tu}")
-        print(f"numgpt profiled: 1 worker, BLAS {args.threads} thread(s), {prof['timed_calls']} timed calls/step at "
-              f"~{prof['wrapper_us']:.1f} us each (~{prof['timed_calls'] * prof['wrapper_us'] / 1000:.2f} ms/step, "
-              f"inside the categories); unprofiled: {real['workers']} worker(s) as {real['kind']}")
+        tp = f"{torch_res['profiled_step_ms']:>10.2f}" if torch_res else f"{'-':>10}"
+        print(f"{'step, profiled':<26}{prof['step_ms']:>14.2f}{'':>14}{tp}")
+        tu = f"{torch_res['step_ms']:>10.2f}" if torch_res else f"{'-':>10}"
+        print(f"{'step, unprofiled':<26}{'':>14}{real['step_ms']:>14.2f}{tu}")
+        print(f"numgpt profiled: 1 worker, 1 BLAS thread (one core, whole batch), {prof['timed_calls']} timed "
+              f"calls/step at ~{prof['wrapper_us']:.1f} us each (~{prof['timed_calls'] * prof['wrapper_us'] / 1000:.2f}"
+              f" ms/step, inside the categories); unprofiled: {real['workers']} worker(s) as {real['kind']}, "
+              f"BLAS {args.threads} thread(s) allowed; scaled = 1-core figure x {scale:.3f} (unprofiled/profiled)")
         if cats.get("gradient reduction"):
             print(f"* estimate, not in the profiled total: {real['workers'] - 1} addition(s) of the flat gradient "
                   f"buffer at {prof['flat_add_ms']:.2f} ms each")
