@@ -5,20 +5,20 @@
     python benchmarks/profile_step.py --torch-python /path/to/venv/bin/python   # torch not in this Python
 
 numgpt: the step of `numgpt train` (loss and gradients, clip_grad_norm, AdamW) runs in one process
-with ONE worker and ONE BLAS thread (one core, the whole batch: no thread pool to contend), and every layer function the model
-calls through ``numgpt.layers`` is wrapped with a perf_counter timer (self time: a nested timed call
-is not counted twice). The attention layer's softmax helpers (``causal_softmax``,
-``softmax_backward_from_probs``) are wrapped too, so that "softmax" is split from "attention's small
-products"; the score product Q K^T runs inside ``causal_softmax``, so the wrapper times it once more
-on the same operands (that extra time is excluded from every figure) and moves it from softmax to
-the small products. The lm-head matmul is a ``linear_forward``/``linear_backward``: it counts as a
-matmul. "gradient hand-off" is the model copying/adding each parameter gradient into the flat
-buffer. "Python overhead" is the step's wall time minus every timed category. The real step
-(DataParallel with --threads workers, as `numgpt train` runs it) is timed in a separate process,
-unwrapped; the "numgpt scaled" column gives each category its one-core share of that real step
-(an estimate: it assumes the split shrinks every category alike). Its "gradient reduction" row is an estimate: (workers - 1) additions of a whole flat
-gradient buffer, timed here (what forked workers' gradients cost to sum); with thread workers the
-sum happens inside the hand-off.
+with ONE worker and ONE BLAS thread (one core, the whole batch: no thread pool to contend), and every
+layer function the model calls through ``numgpt.layers`` is wrapped with a perf_counter timer (self
+time: a nested timed call is not counted twice). The attention layer's softmax helpers
+(``causal_softmax``, ``softmax_backward_from_probs``) are wrapped too, so that "softmax" is split from
+"attention's small products"; the score product Q K^T runs inside ``causal_softmax``, so the wrapper
+times it once more on the same operands (that extra time is excluded from every figure) and moves it
+from softmax to the small products. The lm-head matmul is a ``linear_forward``/``linear_backward``:
+it counts as a matmul. "gradient hand-off" is the model copying/adding each parameter gradient into
+the flat buffer. "other/overhead" (Python) is the step's wall time minus every timed category. The
+real step (DataParallel with --threads workers, as `numgpt train` runs it) is timed in a separate
+process, unwrapped; the "numgpt scaled" column gives each category its one-core share of that real
+step (an estimate: it assumes the split shrinks every category alike). Its "gradient reduction" row
+is an estimate too: (workers - 1) additions of a whole flat gradient buffer, timed here (what the
+forked workers' gradients cost to sum); with thread workers the sum happens inside the hand-off.
 
 PyTorch: the nanoGPT-style step of torch_gpt.py (fused attention, AdamW with nanoGPT's two groups,
 clip_grad_norm_(1.0), zero_grad(set_to_none=True)) under torch.profiler (record_shapes off); each
@@ -154,7 +154,7 @@ def worker_numgpt(cfg, steps, warmup, profile):
     for i in range(warmup + steps):
         x = rng.integers(0, V, (B, T))
         y = rng.integers(0, V, (B, T))
-        timers.acc, timers.excluded, calls0 = {}, 0.0, timers.calls
+        timers.acc, timers.excluded, calls0, calls = {}, 0.0, timers.calls, 0
         t0 = time.perf_counter()
         model.loss_and_grads(x, y)
         clip(model.flat_grads, 1.0)
@@ -277,6 +277,7 @@ def main():
     parser.add_argument("--torch-python", default=sys.executable, help="a Python with torch installed")
     parser.add_argument("--no-torch", action="store_true")
     parser.add_argument("--json", action="store_true", help="print one JSON object at the end")
+    parser.add_argument("--markdown", action="store_true", help="also print the tables for benchmarks/README.md")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -334,8 +335,32 @@ def main():
                   f"buffer at {prof['flat_add_ms']:.2f} ms each")
         if torch_res:
             print(f"PyTorch: torch.set_num_threads({args.threads}); fused attention (softmax inside it)")
+    if args.markdown:
+        print()
+        print_markdown(results)
     if args.json:
         print(json.dumps(results))
+
+
+def print_markdown(results):
+    for name, r in results.items():
+        L_, H, C, T, B, V = r["config"]
+        p, sc, t, n = r["numgpt_profile"], r["numgpt_scaled"], r["torch"], r["threads"]
+        print(f"{name} ({L_}x{H}x{C}, block {T}, batch {B}), {n} thread(s), ms per step:\n")
+        print(f"| category | numgpt, 1 core | numgpt, scaled to the {r['numgpt_step']['workers']}-worker step "
+              f"| PyTorch, {n} thread(s) |")
+        print("|---|---:|---:|---:|")
+        for c in CATEGORIES:
+            if c == "dropout":          # the profiled step has no dropout
+                continue
+            one = "-" if c == "gradient reduction" else f"{p['categories'].get(c, 0.0):.2f}"
+            ref = f"{t['categories'][c]:.2f}" if t else "-"
+            print(f"| {c} | {one} | {sc.get(c, 0.0):.2f} | {ref} |")
+        print(f"| **step, profiled** | {p['step_ms']:.1f} | | {t['profiled_step_ms']:.1f} |" if t else
+              f"| **step, profiled** | {p['step_ms']:.1f} | | - |")
+        print(f"| **step, unprofiled** | | {r['numgpt_step']['step_ms']:.1f} | {t['step_ms']:.1f} |" if t else
+              f"| **step, unprofiled** | | {r['numgpt_step']['step_ms']:.1f} | - |")
+        print()
 
 
 if __name__ == "__main__":
