@@ -188,6 +188,7 @@ TORCH_NAMES = [   # (substring of a lower-cased op name, category); the first th
     ("clip_grad_norm", "clip grad norm"), ("optimizer_adamw", "AdamW"),
     ("scaled_dot_product", "attention small products"), ("flash_attention", "attention small products"),
     ("cross_entropy", "cross-entropy"), ("log_softmax", "cross-entropy"), ("nll_loss", "cross-entropy"),
+    ("logsoftmax", "cross-entropy"), ("nllloss", "cross-entropy"),     # autograd nodes: LogSoftmaxBackward0
     ("_softmax", "softmax"), ("softmax", "softmax"),
     ("layer_norm", "layer norm"), ("gelu", "GELU"), ("embedding", "embedding"), ("dropout", "dropout"),
     ("aten::addmm", "matmuls"), ("aten::mm", "matmuls"), ("aten::bmm", "matmuls"),
