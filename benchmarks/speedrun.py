@@ -3,6 +3,7 @@
     python benchmarks/speedrun.py                         # every config in benchmarks/speedrun/, 5 minutes each
     python benchmarks/speedrun.py --only modern           # configs whose name contains "modern"
     python benchmarks/speedrun.py --budget 30 --eval_iters 20    # a quick trial, not the figure
+    python benchmarks/speedrun.py --only modern --merge   # rerun some, keep the others' saved results
 
 Each config in ``benchmarks/speedrun/*.toml`` is a ``numgpt train --config`` file (a user reruns
 one with ``numgpt train --config benchmarks/speedrun/modern.toml``). This script runs each in
@@ -97,6 +98,8 @@ def main():
     ap.add_argument("--plot", default=os.path.join(HERE, "speedrun.png"), help="where the picture goes")
     ap.add_argument("--results", default=os.path.join(HERE, "speedrun_results.json"))
     ap.add_argument("--keep", action="store_true", help="keep the runs' directories (printed)")
+    ap.add_argument("--merge", action="store_true",
+                    help="add to the results already in --results (a config run again replaces its entry)")
     args = ap.parse_args()
 
     configs = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.toml")) if args.only in os.path.basename(p))
@@ -113,6 +116,13 @@ def main():
         else:
             shutil.rmtree(work_dir, ignore_errors=True)
 
+    if args.merge and os.path.exists(args.results):
+        with open(args.results) as f:
+            saved = json.load(f)
+        if saved["budget_seconds"] != args.budget:
+            raise SystemExit(f"{args.results} holds {saved['budget_seconds']} s runs, not {args.budget} s ones")
+        ran = {r["name"] for r in results}
+        results = sorted([r for r in saved["results"] if r["name"] not in ran] + results, key=lambda r: r["name"])
     print(f"\n{'config':<24} {'best val':>9} {'at iter':>8} {'iters':>7} {'train s':>8} {'wall s':>7}")
     for r in results:
         print(f"{r['name']:<24} {r['best_val']:9.4f} {r['best_at_iter']:8d} {r['iters']:7d} "
