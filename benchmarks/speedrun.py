@@ -63,7 +63,8 @@ def run_config(path, data, budget, eval_iters, work_dir):
     best = min(evals, key=lambda r: r["val_loss"])
     return {"name": name, "config": path, "best_val": best["val_loss"], "best_at_iter": best["iter"],
             "iters": evals[-1]["iter"], "train_seconds": evals[-1]["train_time"], "wall_seconds": wall,
-            "curve": [(r["train_time"], r["val_loss"]) for r in evals]}
+            "curve": [(r["train_time"], r["val_loss"]) for r in evals],
+            "train_curve": [(r["train_time"], r["loss"]) for r in steps]}
 
 
 def plot(results, path, budget, eval_iters):
@@ -75,9 +76,12 @@ def plot(results, path, budget, eval_iters):
     for r in results:
         xs, ys = zip(*r["curve"])
         style = "-" if r["name"].startswith("modern") else "--"
-        ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{r['name']} (best {r['best_val']:.3f})")
+        line, = ax.plot(xs, ys, style, marker="o", markersize=3, label=f"{r['name']} (best {r['best_val']:.3f})")
+        if r.get("train_curve"):        # the training loss between evaluations, faint, in the same colour
+            tx, ty = zip(*r["train_curve"])
+            ax.plot(tx, ty, "-", color=line.get_color(), alpha=0.25, linewidth=0.8)
     ax.set_xlabel("training time, s (evaluations excluded)")
-    ax.set_ylabel(f"validation loss (mean of {eval_iters} batches)")
+    ax.set_ylabel(f"validation loss (mean of {eval_iters} batches);\nfaint: training loss")
     ax.set_title(f"tiny Shakespeare, character level, {budget:.0f} s budget on 2 cores")
     ax.set_ylim(top=min(3.0, ax.get_ylim()[1]))
     ax.grid(alpha=0.3)

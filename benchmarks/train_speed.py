@@ -3,6 +3,7 @@
     python benchmarks/train_speed.py                      # every config, numgpt only
     python benchmarks/train_speed.py --vs-torch           # + PyTorch: a nanoGPT-style step and explicit attention
     python benchmarks/train_speed.py --configs baby small --threads 1 2 --repeats 3
+    python benchmarks/train_speed.py --vs-torch --nanogpt-only --repeats 5 --threads 2 1   # issue 14's targets
 
 For each config and thread count it prints the median ms/step (forward + backward + clipping +
 AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N + 12 L C T per
@@ -33,6 +34,13 @@ CONFIGS = {
     "gpt2": (12, 12, 768, 256, 4, 50257),
 }
 STEPS = {"baby": 40, "small": 8, "gpt2": 4}
+
+# Issue 14's targets: the median over rounds of numgpt's tokens/s over the nanoGPT-style step's, by
+# (config, threads); GPT-2 also at 80% of NumPy's matmul peak. And in every case numgpt's spread
+# (slowest round / fastest) no larger than PyTorch's.
+TARGETS = {("baby", 2): 1.2, ("baby", 1): 1.1, ("small", 2): 1.1, ("gpt2", 2): 1.1}
+GPT2_PEAK_SHARE = 0.80
+MIN_ROUNDS = 5
 WARMUP = {"baby": 5, "small": 2, "gpt2": 1}
 
 
@@ -144,6 +152,8 @@ def main():
     parser.add_argument("--steps", type=int, default=None, help="timed steps per round (default per config)")
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--vs-torch", action="store_true", help="also time an equivalent PyTorch model")
+    parser.add_argument("--nanogpt-only", action="store_true",
+                        help="with --vs-torch: the nanoGPT-style step only, without the explicit-attention column")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -164,6 +174,7 @@ def main():
 
     import numpy as np
     print(f"numgpt training speed; NumPy {np.__version__}, {os.cpu_count()} cores")
+    verdicts = []
     for threads in args.threads:
         peak = run_worker("peak", "baby", threads, 0, 0)["gflops"]
         print(f"\n== {threads} thread(s); NumPy float32 matmul peak {peak:.0f} GFLOP/s ==")
@@ -173,7 +184,8 @@ def main():
             cfg = CONFIGS[name]
             tokens = cfg[3] * cfg[4]
             flops = flops_per_step(*cfg)
-            kinds = ["numgpt", "nanogpt", "torch-expl"] if args.vs_torch else ["numgpt"]
+            kinds = ["numgpt", "nanogpt"] + ([] if args.nanogpt_only else ["torch-expl"]) if args.vs_torch \
+                else ["numgpt"]
             times = {k: [] for k in kinds}
             rounds = {k: [] for k in kinds}       # each round's median, to show the spread
             rss = {k: 0.0 for k in kinds}
@@ -201,6 +213,29 @@ def main():
                 print(f"{name:<7}{'ratio':<10} numgpt/{ref} tokens/s = {ms[ref] / ms['numgpt']:.2f}"
                       f"  (round by round: {', '.join(f'{r:.2f}' for r in per_round)}; spread max/min "
                       f"numgpt {spread['numgpt']:.2f}, {ref} {spread[ref]:.2f})")
+                if ref == "nanogpt" and (name, threads) in TARGETS:
+                    share = flops / (ms["numgpt"] / 1000) / 1e9 / peak
+                    verdicts.append(target_verdict(name, threads, statistics.median(per_round), spread, share,
+                                                   len(per_round)))
+    if verdicts:
+        print("\n== issue 14's targets (median of the round-by-round ratios against the nanoGPT-style step) ==")
+        for line in verdicts:
+            print(line)
+
+
+def target_verdict(name, threads, ratio, spread, peak_share, n_rounds):
+    """One line: the target for (config, threads), the measured figures, and met or missed."""
+    want = TARGETS[(name, threads)]
+    checks = [(f"ratio {ratio:.2f} >= {want}", ratio >= want),
+              (f"spread numgpt {spread['numgpt']:.2f} <= nanogpt {spread['nanogpt']:.2f}",
+               spread["numgpt"] <= spread["nanogpt"]),
+              (f"{n_rounds} rounds >= {MIN_ROUNDS}", n_rounds >= MIN_ROUNDS)]
+    if name == "gpt2":
+        checks.append((f"{100 * peak_share:.0f}% of the matmul peak >= {100 * GPT2_PEAK_SHARE:.0f}%",
+                       peak_share >= GPT2_PEAK_SHARE))
+    met = all(ok for _, ok in checks)
+    detail = "; ".join(f"{text} {'ok' if ok else 'NO'}" for text, ok in checks)
+    return f"{name:<6}{threads} thread(s): {'MET   ' if met else 'MISSED'} {detail}"
 
 
 if __name__ == "__main__":
