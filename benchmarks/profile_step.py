@@ -35,11 +35,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import train_speed  # noqa: E402
 from train_speed import CONFIGS  # noqa: E402
 
 CATEGORIES = ["matmuls", "attention small products", "softmax", "layer norm", "GELU", "cross-entropy",
@@ -256,17 +256,7 @@ def worker_torch(cfg, steps, warmup, threads, profile):
 # --- driver -----------------------------------------------------------------------------------
 
 def run_worker(kind, config, threads, steps, warmup, python):
-    env = dict(os.environ)
-    env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    env["NUMGPT_THREADS"] = str(threads)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    cmd = [python, os.path.abspath(__file__), "--worker", kind, "--configs", config, "--threads", str(threads),
-           "--steps", str(steps), "--warmup", str(warmup)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"{kind} worker failed:\n{out.stderr}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return train_speed.run_worker(kind, config, threads, steps, warmup, script=__file__, python=python)
 
 
 def main():

@@ -131,12 +131,15 @@ def worker_matmul_peak():
     return 2 * 2048 ** 3 / best / 1e9
 
 
-def run_worker(kind, config, threads, steps, warmup):
+def run_worker(kind, config, threads, steps, warmup, script=__file__, python=sys.executable):
+    """Run ``script --worker kind`` in a fresh ``python`` process with ``threads`` threads everywhere;
+    its last output line, parsed as JSON. This checkout's numgpt comes first on its path."""
     env = dict(os.environ)
-    env["OPENBLAS_NUM_THREADS"] = str(threads)
+    env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["NUMGPT_THREADS"] = str(threads)
-    env["OMP_NUM_THREADS"] = str(threads)
-    cmd = [sys.executable, __file__, "--worker", kind, "--configs", config, "--threads", str(threads),
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    cmd = [python, os.path.abspath(script), "--worker", kind, "--configs", config, "--threads", str(threads),
            "--steps", str(steps), "--warmup", str(warmup)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:

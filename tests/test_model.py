@@ -262,24 +262,31 @@ def test_whole_model_gradient_with_ignored_targets():
     np.testing.assert_array_equal(model.flat_grads, grads)
 
 
+def dropout_loss_of(model, name, idx, targets, seed):
+    """f(x): the training loss, dropout masks drawn from ``seed``, with parameter ``name`` set to x.
+
+    The same generator seed gives the same masks, so the training loss is a
+    deterministic function of the parameters and can be differentiated numerically.
+    """
+    p = model.params[name]
+
+    def f(x):
+        saved = p.copy()
+        p[...] = x
+        try:
+            return model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))[0]
+        finally:
+            p[...] = saved
+    return f
+
+
 def test_whole_model_gradient_with_dropout():
-    # The same generator seed gives the same masks, so loss_and_grads is a
-    # deterministic function of the parameters and can be differentiated numerically.
     model = randomised_model(tiny_config(n_layer=1, dropout=0.3))
     idx, targets = batch(model.config)
     seed = 5
 
     def f_for(name):
-        p = model.params[name]
-
-        def f(x):
-            saved = p.copy()
-            p[...] = x
-            try:
-                return model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))[0]
-            finally:
-                p[...] = saved
-        return f
+        return dropout_loss_of(model, name, idx, targets, seed)
 
     _, grads = model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))
     grads = {k: g.copy() for k, g in grads.items()}
@@ -421,6 +428,12 @@ def test_every_gradient_slot_is_overwritten_without_accumulate(bias):
     # the buffer first: whatever was there before, NaN included, must be gone.
     model = randomised_model(tiny_config(n_layer=2, bias=bias))
     idx, targets = batch(model.config)
+    assert_every_slot_overwritten(model, idx, targets)
+
+
+def assert_every_slot_overwritten(model, idx, targets):
+    """A step without accumulate leaves the gradient of an accumulating step from zero, whatever the
+    buffer held before (NaN here): no slot is skipped by the copy-first reducer."""
     model.flat_grads[...] = 0.0
     model.loss_and_grads(idx, targets, accumulate=True)
     want = model.flat_grads.copy()

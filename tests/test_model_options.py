@@ -30,7 +30,8 @@ from numgpt import layers as L
 from numgpt.gradcheck import adjoint_check, numerical_gradient, rel_error
 from numgpt.model import GPT, PRESETS, GPTConfig, param_layout, qk_backward, qk_forward, swiglu_hidden
 
-from test_model import RTOL, _check_every_tensor, batch, loss_of, randomised_model, tiny_config
+from test_model import (RTOL, _check_every_tensor, assert_every_slot_overwritten, batch, dropout_loss_of, loss_of,
+                        randomised_model, tiny_config)
 
 # Each option alone (with and without biases), then the presets. ``bias`` is explicit in every case.
 _OPTIONS = {
@@ -93,22 +94,12 @@ def test_modern_preset_gradient_elementwise(name):
 
 @pytest.mark.parametrize("case", ["modern", "modern+swiglu"])
 def test_modern_preset_gradient_with_dropout(case):
-    # One generator seed gives the same masks, so the training loss is a function of the parameters.
     model = randomised_model(case_config(case, dropout=0.3))
     idx, targets = batch(model.config)
     seed = 5
 
     def f_for(name):
-        p = model.params[name]
-
-        def f(x):
-            saved = p.copy()
-            p[...] = x
-            try:
-                return model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))[0]
-            finally:
-                p[...] = saved
-        return f
+        return dropout_loss_of(model, name, idx, targets, seed)
 
     loss, grads = model.loss_and_grads(idx, targets, dropout_rng=np.random.default_rng(seed))
     assert abs(loss - model.loss(idx, targets)) > 1e-4                 # dropout did run
@@ -357,12 +348,7 @@ def test_backward_hands_every_gradient_to_its_reducer(case):
 def test_every_gradient_slot_is_overwritten_without_accumulate(case):
     model = randomised_model(case_config(case))
     idx, targets = batch(model.config)
-    model.flat_grads[...] = 0.0
-    model.loss_and_grads(idx, targets, accumulate=True)
-    want = model.flat_grads.copy()
-    model.flat_grads[...] = np.nan
-    model.loss_and_grads(idx, targets)
-    np.testing.assert_array_equal(model.flat_grads, want)
+    assert_every_slot_overwritten(model, idx, targets)
 
 
 # --- dtypes ------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import pytest
 from numgpt.model import GPT, PRESETS, GPTConfig
 from numgpt.parallel import DataParallel, GradientOrderError, GradientSink, WorkerFailed
 
-from test_model import batch, randomised_model, tiny_config
+from test_model import assert_every_slot_overwritten, batch, randomised_model, tiny_config
 
 
 # --- the batch-parallel fast path ------------------------------------------------------------------------
@@ -117,12 +117,7 @@ def test_every_gradient_slot_is_overwritten_without_accumulate(bias):
     # The threads' first addition into each slot copies (GradientSink(overwrite=True)): no zeroing pass.
     model = DataParallel(randomised_model(tiny_config(n_layer=2, bias=bias)), 2)
     idx, targets = batch(model.model.config, B=4)
-    model.flat_grads[...] = 0.0
-    model.loss_and_grads(idx, targets, accumulate=True)
-    want = model.flat_grads.copy()
-    model.flat_grads[...] = np.nan
-    model.loss_and_grads(idx, targets)
-    np.testing.assert_array_equal(model.flat_grads, want)
+    assert_every_slot_overwritten(model, idx, targets)
 
 
 @pytest.mark.parametrize("choices", [PRESETS["modern"], {**PRESETS["modern"], "mlp": "swiglu", "bias": True}],
