@@ -73,7 +73,7 @@ import os
 import numpy as np
 
 from ._atomic import atomic_writer
-from .model import GPT, PRESETS, GPTConfig
+from .model import GPT, GPT2_ARCHITECTURE, GPTConfig, gpt2_mismatch
 from .safetensors import read_safetensors, write_safetensors
 
 __all__ = [
@@ -108,23 +108,6 @@ _HOW_TO_GET = ("a GPT-2 directory must hold config.json and model.safetensors; g
                "or\n"
                "    huggingface-cli download gpt2 --local-dir gpt2\n"
                "(gpt2-medium, gpt2-large and gpt2-xl work the same way)")
-
-
-# The architecture choices GPT-2's weights exist for (biases are checked on their own: a fine-tuning run
-# takes GPT-2's, and save_gpt2 explains their absence separately).
-_GPT2_ARCHITECTURE = {k: v for k, v in PRESETS["gpt2"].items() if k != "bias"}
-
-
-def gpt2_mismatch(choices) -> list[str]:
-    """``["norm='rmsnorm'", ...]``: the architecture choices (a dict, or a GPTConfig) that GPT-2's weights lack.
-
-    Empty when ``choices`` is GPT-2's architecture (layer norm, learned
-    positions, GELU MLP, no QK-norm, tied head).
-    """
-    if isinstance(choices, GPTConfig):
-        choices = choices.to_dict()
-    return [f"{name}={choices[name]!r}" for name, value in _GPT2_ARCHITECTURE.items()
-            if name in choices and choices[name] != value]
 
 
 # ---------------------------------------------------------------------------
@@ -427,7 +410,7 @@ def save_gpt2(model: GPT, path, *, dtype=None) -> None:
     differ = gpt2_mismatch(model.config)
     if differ:
         raise ValueError(f"save_gpt2: the Hugging Face GPT-2 layout holds only GPT-2's architecture; this "
-                         f"model has {', '.join(differ)} (the gpt2 preset has {_GPT2_ARCHITECTURE}); save a "
+                         f"model has {', '.join(differ)} (the gpt2 preset has {GPT2_ARCHITECTURE}); save a "
                          "numgpt checkpoint instead")
     if not model.config.bias:
         raise ValueError("save_gpt2: GPT-2 format has a bias in every linear and layer-norm layer; "

@@ -63,6 +63,23 @@ PRESETS = {
 }
 
 
+# The architecture choices GPT-2's weights exist for (biases are checked on their own: a fine-tuning run
+# takes GPT-2's, and save_gpt2 explains their absence separately).
+GPT2_ARCHITECTURE = {k: v for k, v in PRESETS["gpt2"].items() if k != "bias"}
+
+
+def gpt2_mismatch(choices):
+    """``["norm='rmsnorm'", ...]``: the architecture choices (a dict, or a GPTConfig) that GPT-2's weights lack.
+
+    Empty when ``choices`` is GPT-2's architecture (layer norm, learned
+    positions, GELU MLP, no QK-norm, tied head).
+    """
+    if isinstance(choices, GPTConfig):
+        choices = choices.to_dict()
+    return [f"{name}={choices[name]!r}" for name, value in GPT2_ARCHITECTURE.items()
+            if name in choices and choices[name] != value]
+
+
 def swiglu_hidden(n_embd):
     """SwiGLU's hidden width: 8C/3 rounded up to a multiple of 8 (Llama's rule, which keeps the
     three matrices at about the parameters of a 4C two-matrix MLP)."""
@@ -123,7 +140,7 @@ class GPTConfig:
 
     def is_gpt2(self):
         """Whether the architecture is GPT-2's (biases aside), so that GPT-2 checkpoints fit it."""
-        return all(getattr(self, k) == v for k, v in PRESETS["gpt2"].items() if k != "bias")
+        return not gpt2_mismatch(self)
 
     def to_dict(self):
         kinds = {"dropout": float, "bias": bool, "qk_norm": bool, "tie_head": bool,
