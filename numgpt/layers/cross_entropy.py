@@ -25,7 +25,8 @@ Derivation: docs/derivations/cross_entropy.md.
 
 import numpy as np
 
-from ._checks import check_float_array, check_int_array
+from ._blocks import row_blocks
+from ._checks import check_float_array, check_int_array, row_sum
 
 
 def softmax_cross_entropy_forward(logits, targets, ignore_index=-1, *, overwrite_logits=False):
@@ -55,17 +56,19 @@ def softmax_cross_entropy_forward(logits, targets, ignore_index=-1, *, overwrite
         bad = yv[(yv < 0) | (yv >= V)]
         raise ValueError(f"targets hold classes outside [0, {V}) that are not ignore_index={ignore_index}: "
                          f"e.g. {bad[:5].tolist()}")
-    if overwrite_logits:
-        shifted = z                                        # (N, V), the logits' buffer
-        shifted -= z.max(axis=1, keepdims=True)
-    else:
-        shifted = z - z.max(axis=1, keepdims=True)         # (N, V), <= 0
     rows = np.flatnonzero(valid)                           # (M,)
-    target_shifted = shifted[rows, yv]                     # (M,), read before the buffer becomes probs
-    probs = np.exp(shifted, out=shifted)                   # (N, V), unnormalised for now
-    sumexp = probs.sum(axis=1, keepdims=True)              # (N, 1), >= 1
-    probs /= sumexp
-    logp_target = target_shifted - np.log(sumexp[rows, 0])      # (M,)
+    target_logit = z[rows, yv]                             # (M,), read before the buffer becomes probs
+    probs = z if overwrite_logits else np.empty_like(z)    # (N, V), the logits' buffer or a new one
+    row_max = np.empty((len(z), 1), dtype=z.dtype)         # (N, 1), m
+    sumexp = np.empty((len(z), 1), dtype=z.dtype)          # (N, 1), >= 1
+    for b in row_blocks(len(z), V):                        # hot path: the passes on L2-sized blocks of rows
+        zb, pb = z[b], probs[b]
+        row_max[b] = zb.max(axis=1, keepdims=True)
+        np.subtract(zb, row_max[b], out=pb)                # <= 0
+        np.exp(pb, out=pb)                                 # unnormalised
+        sumexp[b] = row_sum(pb)
+        pb /= sumexp[b]
+    logp_target = target_logit - row_max[rows, 0] - np.log(sumexp[rows, 0])   # (M,)
     loss = logits.dtype.type(-logp_target.sum() / count)
     cache = (probs, rows, yv, count, logits.shape)
     return loss, cache

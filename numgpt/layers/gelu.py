@@ -20,6 +20,11 @@ Computing sech² as 1 - t² reuses the forward's tanh and never overflows
 
 .. math::  \frac{dy}{dx} = s + x \cdot 2 s (1 - s) \cdot k (1 + 3 a x^2)
 
+The code computes the gate without tanh, through the identity
+:math:`\tfrac12(1 + \tanh u) = \sigma(2u) = 1/(1 + e^{-2u})` (one exp, one add, one
+reciprocal: about a quarter faster than tanh and its two passes on this project's
+machine). Both functions run in cache-sized blocks (numgpt/layers/_blocks.py).
+
 Derivation: docs/derivations/gelu.md.
 """
 
@@ -27,6 +32,7 @@ import math
 
 import numpy as np
 
+from ._blocks import BLOCK, flat, row_blocks
 from ._checks import check_dout, check_float_array
 
 GELU_K = math.sqrt(2.0 / math.pi)   # Python floats: NEP 50 keeps float32 arrays float32
@@ -36,17 +42,24 @@ GELU_A = 0.044715
 def gelu_forward(x):
     """Apply tanh-approximate GELU element-wise to ``x`` (any shape)."""
     check_float_array("x", x)
-    # x * x * x, not x ** 3: float32 ** goes through pow and is ~25x slower.
-    s = x * x                    # (...), becomes u, then tanh u, then s = (1 + tanh u) / 2
-    s *= GELU_K * GELU_A
-    s += GELU_K
-    s *= x                       # u = k (x + a x^3)
-    np.tanh(s, out=s)            # t = tanh u
-    s *= 0.5
-    s += 0.5                     # s = (1 + t) / 2
-    out = x * s                  # y = x (1 + t) / 2
-    cache = (x, s)
-    return out, cache
+    x_flat = flat(x)                             # (n,), a view of x when it is contiguous
+    s = np.empty_like(x_flat)                    # (n,), the gate s = (1 + tanh u) / 2
+    out = np.empty_like(x_flat)                  # (n,)
+    # Far left e^{-2u} overflows to inf and s = 1 / inf is exactly 0, as (1 + tanh u) / 2 is there.
+    with np.errstate(over="ignore", under="ignore"):
+        for b in row_blocks(x_flat.size, 1):     # hot path: the chain on one L2-sized block at a time
+            xb, sb = x_flat[b], s[b]
+            # x * x * x, not x ** 3: float32 ** goes through pow and is ~25x slower.
+            np.multiply(xb, xb, out=sb)
+            sb *= -2.0 * GELU_K * GELU_A
+            sb -= 2.0 * GELU_K
+            sb *= xb                             # -2u = -2 k (x + a x^3)
+            np.exp(sb, out=sb)
+            sb += 1.0
+            np.reciprocal(sb, out=sb)            # s = 1 / (1 + e^{-2u}) = (1 + tanh u) / 2
+            np.multiply(xb, sb, out=out[b])      # y = x s
+    cache = (x_flat.reshape(x.shape), s.reshape(x.shape))
+    return out.reshape(x.shape), cache
 
 
 def gelu_backward(dout, cache):
@@ -57,13 +70,20 @@ def gelu_backward(dout, cache):
     """
     x, s = cache
     check_dout(dout, x.shape, x.dtype)
-    du_dx2 = x * x                            # (...), becomes 2 x du/dx = 2 x k (1 + 3 a x^2)
-    du_dx2 *= 6.0 * GELU_K * GELU_A
-    du_dx2 += 2.0 * GELU_K
-    du_dx2 *= x
-    dx = np.subtract(1.0, s, dtype=s.dtype)  # (...), 1 - s
-    dx *= s                                   # s (1 - s) = (1 - t^2) / 4
-    dx *= du_dx2                              # x (1 - t^2)/2 * du/dx
-    dx += s                                   # dy/dx
-    dx *= dout
-    return dx
+    x_flat, s_flat, dout_flat = flat(x), flat(s), flat(dout)    # (n,) each
+    dx = np.empty_like(x_flat)                   # (n,)
+    du_dx2 = np.empty(min(BLOCK, x_flat.size), dtype=x.dtype)   # one block's 2 x du/dx
+    with np.errstate(under="ignore"):            # s (1 - s) of a tiny s may round to 0: harmless
+        for b in row_blocks(x_flat.size, 1):     # hot path: as in the forward
+            xb, sb, dxb = x_flat[b], s_flat[b], dx[b]
+            t = du_dx2[:len(xb)]
+            np.multiply(xb, xb, out=t)
+            t *= 6.0 * GELU_K * GELU_A
+            t += 2.0 * GELU_K
+            t *= xb                              # 2 x du/dx = 2 x k (1 + 3 a x^2)
+            np.subtract(1.0, sb, out=dxb)        # 1 - s
+            dxb *= sb                            # s (1 - s) = (1 - t^2) / 4
+            dxb *= t                             # x (1 - t^2)/2 * du/dx
+            dxb += sb                            # dy/dx
+            dxb *= dout_flat[b]
+    return dx.reshape(x.shape)

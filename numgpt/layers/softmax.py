@@ -46,8 +46,11 @@ def softmax_backward(dout, cache):
     return softmax_backward_from_probs(dout, probs)
 
 
-def softmax_backward_from_probs(dprobs, probs):
-    """``p * (dp - sum(dp * p))`` row-wise, the vector-Jacobian product of softmax."""
-    dx = dprobs - row_dot(dprobs, probs)                 # (..., K): dp_i - sum_j dp_j p_j
+def softmax_backward_from_probs(dprobs, probs, out=None):
+    """``p * (dp - sum(dp * p))`` row-wise, the vector-Jacobian product of softmax.
+
+    ``out`` receives the result (it may be ``dprobs`` itself: the row sums are taken first).
+    """
+    dx = np.subtract(dprobs, row_dot(dprobs, probs), out=out)   # (..., K): dp_i - sum_j dp_j p_j
     dx *= probs
     return dx

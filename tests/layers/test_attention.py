@@ -455,3 +455,21 @@ def test_backward_rejects_a_wrong_dout():
         attention_backward(np.zeros((2, 4, 12)), cache)
     with pytest.raises(TypeError, match=r"dout has dtype float32"):
         attention_backward(np.zeros((2, 4, 4), dtype=np.float32), cache)
+
+
+@pytest.mark.parametrize("B, T, n_head", [(6, 64, 4), (2, 256, 3), (3, 300, 2)])
+def test_blocked_heads_match_the_whole_array_formulas(B, T, n_head):
+    # The layer runs product, softmax and P V (and the backward) on blocks of heads of about
+    # BLOCK scores (head_blocks): here 4 batch elements per block, then 2; one head per block;
+    # and blocks larger than BLOCK. Forward against the per-position definition, backward
+    # against the whole-array formulas (backward_with_ds without the transpose bug).
+    from numgpt.layers.attention import head_blocks
+    blocks = head_blocks(B, n_head, T)
+    assert len(blocks) > 1
+    rng = np.random.default_rng(T)
+    qkv = rng.standard_normal((B, T, 3 * n_head * 2))
+    dout = rng.standard_normal((B, T, n_head * 2))
+    out, cache = attention_forward(qkv, n_head)
+    np.testing.assert_allclose(out, reference_attention(qkv, n_head), rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(attention_backward(dout, cache), backward_with_ds(dout, cache, transpose=False),
+                               rtol=1e-11, atol=1e-13)

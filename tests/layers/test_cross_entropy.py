@@ -254,3 +254,29 @@ def test_backward_rejects_a_bad_dloss_or_a_missing_cache():
         softmax_cross_entropy_backward("1.0", cache)
     with pytest.raises(TypeError, match=r"needs the cache"):
         softmax_cross_entropy_backward(1.0)
+
+
+@pytest.mark.parametrize("dtype, rtol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_blocked_rows_match_the_whole_array_formula(dtype, rtol):
+    # The forward runs its passes on blocks of about BLOCK logits (numgpt/layers/_blocks.py):
+    # 2500 rows of 65 classes are three blocks, the last one partial, some rows ignored.
+    from numgpt.layers._blocks import row_blocks
+    N, V = 2500, 65
+    assert len(row_blocks(N, V)) == 3
+    rng = np.random.default_rng(3)
+    logits = (4 * rng.standard_normal((N, V))).astype(dtype)
+    targets = rng.integers(0, V, N)
+    targets[::7] = -1
+    loss, cache = softmax_cross_entropy_forward(logits.copy(), targets, overwrite_logits=True)
+    dlogits = softmax_cross_entropy_backward(0.5, cache)
+    z = logits.astype(np.float64)
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    kept = targets != -1
+    want_loss = -np.log(probs[kept, targets[kept]]).mean()
+    want = probs.copy()
+    want[kept, targets[kept]] -= 1.0
+    want[~kept] = 0.0
+    want *= 0.5 / kept.sum()
+    assert loss.dtype == dtype and loss == pytest.approx(want_loss, rel=rtol)
+    np.testing.assert_allclose(dlogits, want, rtol=rtol, atol=rtol * np.abs(want).max())

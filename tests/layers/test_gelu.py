@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from numgpt import strategies as ns
 from numgpt.gradcheck import check_layer
 from numgpt.layers import gelu_backward, gelu_forward
+from numgpt.layers._blocks import BLOCK
 
 RTOL = 1e-7
 
@@ -49,7 +50,36 @@ def test_known_values():
     out, _ = gelu_forward(np.array([0.0, 1.0, -1.0, 20.0, -20.0]))
     # gelu(1) in the tanh approximation, by hand: 0.5 * (1 + tanh(0.7978845608 * 1.044715)).
     np.testing.assert_allclose(out[:3], [0.0, 0.8411919906082768, -0.15880800939172324], rtol=1e-14)
-    assert out[3] == 20.0 and out[4] == 0.0
+    assert out[3] == 20.0
+    # Far left the gate is e^{2u} / (1 + e^{2u}): the code's 1 / (1 + e^{-2u}) keeps it to full
+    # relative precision (tanh u would round to -1 and give exactly 0).
+    u = math.sqrt(2.0 / math.pi) * (-20.0 - 0.044715 * 8000.0)
+    assert out[4] == pytest.approx(-20.0 / (1.0 + math.exp(-2.0 * u)), rel=1e-13) and out[4] < 0
+
+
+def test_blocked_passes_match_the_plain_formula_across_blocks():
+    # The layer runs its chain in blocks of BLOCK elements (numgpt/layers/_blocks.py); an input
+    # of 2.5 blocks, contiguous and not, must give the plain whole-array formula's results.
+    rng = np.random.default_rng(0)
+    for dtype, rtol in ((np.float64, 1e-13), (np.float32, 2e-6)):
+        x = (3 * rng.standard_normal((5, BLOCK // 2))).astype(dtype)
+        for view in (x, x[:, ::2], x.T):
+            # The reference in long double, with the gate as 1 / (1 + e^{-2u}): (1 + tanh u) / 2
+            # cancels in the negative tail even there (test_forward_matches_the_formula_element_by_element
+            # checks the tanh form itself).
+            xl = view.astype(np.longdouble)
+            k, a = np.sqrt(np.longdouble(2) / np.longdouble(np.pi)), np.longdouble("0.044715")
+            s = 1.0 / (1.0 + np.exp(-2.0 * k * (xl + a * xl * xl * xl)))
+            dout = rng.standard_normal(view.shape).astype(dtype)
+            out, cache = gelu_forward(view)
+            dx = gelu_backward(dout, cache)
+            assert out.dtype == dx.dtype == dtype and out.shape == view.shape
+            atol = 1e-3 * np.finfo(dtype).eps
+            np.testing.assert_allclose(out, (xl * s).astype(dtype), rtol=rtol, atol=atol)
+            slope = s + xl * (1.0 - s) * s * 2.0 * k * (1.0 + 3.0 * a * xl * xl)
+            # The slope is a sum of O(1) terms that cancel near its zero (x about -0.75): an
+            # absolute tolerance of a few units of round-off there.
+            np.testing.assert_allclose(dx, (dout * slope).astype(dtype), rtol=rtol, atol=10 * np.finfo(dtype).eps)
 
 
 @given(gelu_cases())
