@@ -4,6 +4,7 @@
     python benchmarks/train_speed.py --vs-torch           # + PyTorch: a nanoGPT-style step and explicit attention
     python benchmarks/train_speed.py --configs baby small --threads 1 2 --repeats 3
     python benchmarks/train_speed.py --vs-torch --nanogpt-only --repeats 5 --threads 2 1   # issue 14's targets
+    python benchmarks/train_speed.py --vs-torch --nanogpt /path/to/nanoGPT   # nanoGPT's own model.py
 
 For each config and thread count it prints the median ms/step (forward + backward + clipping +
 AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N + 12 L C T per
@@ -14,7 +15,11 @@ frameworks alternate, so drift of a shared machine hits both alike. The PyTorch 
 copy of nanoGPT's CPU step in torch_gpt.py ("nanogpt": fused attention through
 F.scaled_dot_product_attention, torch AdamW with nanoGPT's two parameter groups,
 clip_grad_norm_(1.0), zero_grad(set_to_none=True)); the same model with explicit-matmul attention
-("torch-expl") is a second, labelled column. numgpt runs as `numgpt train`
+("torch-expl") is a second, labelled column. With --nanogpt DIR (a clone of
+https://github.com/karpathy/nanoGPT, not a numgpt dependency) the "nanogpt" column runs nanoGPT's
+own code instead of the copy: GPT and GPTConfig imported from DIR/model.py, built and stepped as its
+train.py does on a CPU (float32, no GradScaler, no torch.compile, the optimizer from the model's
+configure_optimizers). numgpt runs as `numgpt train`
 does: its extra workers are forked processes where the model picks them (NUMGPT_PROCESSES=0 forces
 threads), and the RSS column then adds the worker's peak to the main process's.
 """
@@ -42,6 +47,32 @@ TARGETS = {("baby", 2): 1.2, ("baby", 1): 1.1, ("small", 2): 1.1, ("gpt2", 2): 1
 GPT2_PEAK_SHARE = 0.80
 MIN_ROUNDS = 5
 WARMUP = {"baby": 5, "small": 2, "gpt2": 1}
+
+NANOGPT_HOW_TO_GET = ("nanoGPT's source is not a numgpt dependency; clone it:\n"
+                      "    git clone https://github.com/karpathy/nanoGPT /path/to/nanoGPT\n"
+                      "then pass its directory: --nanogpt /path/to/nanoGPT")
+
+
+def nanogpt_problem(directory, files=("model.py",)):
+    """None when ``directory`` holds nanoGPT's ``files``; otherwise a sentence saying what is missing."""
+    if not directory:
+        return "no --nanogpt directory given"
+    if not os.path.isdir(directory):
+        return f"{directory!r} is not a directory"
+    missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
+    if missing:
+        return f"{directory!r} holds no {', '.join(missing)} (is it a clone of karpathy/nanoGPT?)"
+    with open(os.path.join(directory, "model.py")) as f:
+        source = f.read()
+    if not all(name in source for name in ("class GPT(", "class GPTConfig", "def configure_optimizers")):
+        return (f"{os.path.join(directory, 'model.py')!r} does not define nanoGPT's GPT, GPTConfig and "
+                "configure_optimizers")
+    return None
+
+
+def reference_label(nanogpt_dir):
+    """What the "nanogpt" column ran."""
+    return f"nanoGPT's model.py from {nanogpt_dir}" if nanogpt_dir else "the copy in torch_gpt.py"
 
 
 def flops_per_step(n_layer, n_head, n_embd, block, batch, vocab):
@@ -118,6 +149,39 @@ def worker_torch(cfg, steps, warmup, threads, attention="fused"):
     return times
 
 
+def worker_nanogpt_source(cfg, steps, warmup, threads, directory):
+    """nanoGPT's own model and optimizer from ``directory``, stepped as its train.py does on a CPU."""
+    import contextlib
+
+    import torch
+
+    sys.path.insert(0, os.path.abspath(directory))
+    from model import GPT, GPTConfig                # nanoGPT's model.py, unmodified
+
+    if torch.get_num_threads() != threads:          # train.py leaves the count to OMP_NUM_THREADS
+        raise RuntimeError(f"torch runs {torch.get_num_threads()} threads, not {threads}")
+    L, H, C, T, B, V = cfg
+    torch.manual_seed(1337)                         # as train.py
+    with contextlib.redirect_stdout(sys.stderr):    # its parameter counts; stdout carries the JSON
+        config = GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, bias=True, vocab_size=V, dropout=0.0)
+        model = GPT(config)
+        model.to("cpu")
+        optimizer = model.configure_optimizers(0.1, 1e-4, (0.9, 0.99), "cpu")
+    times = []
+    for i in range(warmup + steps):
+        x = torch.randint(0, V, (B, T))
+        y = torch.randint(0, V, (B, T))
+        t0 = time.perf_counter()
+        logits, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    return times
+
+
 def worker_matmul_peak():
     import numpy as np
 
@@ -131,16 +195,17 @@ def worker_matmul_peak():
     return 2 * 2048 ** 3 / best / 1e9
 
 
-def run_worker(kind, config, threads, steps, warmup, script=__file__, python=sys.executable):
+def run_worker(kind, config, threads, steps, warmup, script=__file__, python=sys.executable, nanogpt=None):
     """Run ``script --worker kind`` in a fresh ``python`` process with ``threads`` threads everywhere;
-    its last output line, parsed as JSON. This checkout's numgpt comes first on its path."""
+    its last output line, parsed as JSON. This checkout's numgpt comes first on its path. ``nanogpt``,
+    a nanoGPT source directory, is passed on as ``--nanogpt`` (the "nanogpt" worker then runs it)."""
     env = dict(os.environ)
     env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
     env["NUMGPT_THREADS"] = str(threads)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [python, os.path.abspath(script), "--worker", kind, "--configs", config, "--threads", str(threads),
-           "--steps", str(steps), "--warmup", str(warmup)]
+           "--steps", str(steps), "--warmup", str(warmup)] + (["--nanogpt", nanogpt] if nanogpt else [])
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{kind} worker failed:\n{out.stderr}")
@@ -157,8 +222,14 @@ def main():
     parser.add_argument("--vs-torch", action="store_true", help="also time an equivalent PyTorch model")
     parser.add_argument("--nanogpt-only", action="store_true",
                         help="with --vs-torch: the nanoGPT-style step only, without the explicit-attention column")
+    parser.add_argument("--nanogpt", default=None, metavar="DIR",
+                        help="a clone of karpathy/nanoGPT: the nanogpt column runs its own model.py "
+                             "(implies --vs-torch)")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.nanogpt:
+        args.nanogpt = os.path.abspath(args.nanogpt)
+        args.vs_torch = True
 
     if args.worker:
         name = args.configs[0]
@@ -169,14 +240,23 @@ def main():
         warmup = WARMUP[name] if args.warmup is None else args.warmup
         if args.worker == "numgpt":
             times, workers = worker_numgpt(CONFIGS[name], steps, warmup)
+        elif args.worker == "nanogpt" and args.nanogpt:
+            times = worker_nanogpt_source(CONFIGS[name], steps, warmup, args.threads[0], args.nanogpt)
+            workers = "torch"
         else:
             attention = "fused" if args.worker == "nanogpt" else "explicit"
             times, workers = worker_torch(CONFIGS[name], steps, warmup, args.threads[0], attention), "torch"
         print(json.dumps({"times": times, "rss_mib": peak_rss_mib(), "workers": workers}))
         return
 
+    problem = nanogpt_problem(args.nanogpt) if args.nanogpt else None
+    if problem:
+        print(f"train_speed.py: {problem}.\n{NANOGPT_HOW_TO_GET}", file=sys.stderr)
+        return 2
     import numpy as np
     print(f"numgpt training speed; NumPy {np.__version__}, {os.cpu_count()} cores")
+    if args.vs_torch:
+        print(f"PyTorch reference, the nanogpt column: {reference_label(args.nanogpt)}")
     verdicts = []
     for threads in args.threads:
         peak = run_worker("peak", "baby", threads, 0, 0)["gflops"]
@@ -196,7 +276,8 @@ def main():
             for _ in range(args.repeats):
                 for kind in kinds:
                     res = run_worker(kind, name, threads, args.steps or STEPS[name],
-                                     WARMUP[name] if args.warmup is None else args.warmup)
+                                     WARMUP[name] if args.warmup is None else args.warmup,
+                                     nanogpt=args.nanogpt if kind == "nanogpt" else None)
                     times[kind] += res["times"]
                     rounds[kind].append(statistics.median(res["times"]))
                     rss[kind] = max(rss[kind], res["rss_mib"])
@@ -221,7 +302,8 @@ def main():
                     verdicts.append(target_verdict(name, threads, statistics.median(per_round), spread, share,
                                                    len(per_round)))
     if verdicts:
-        print("\n== issue 14's targets (median of the round-by-round ratios against the nanoGPT-style step) ==")
+        print(f"\n== issue 14's targets (median of the round-by-round ratios against the nanogpt column: "
+              f"{reference_label(args.nanogpt)}) ==")
         for line in verdicts:
             print(line)
 
@@ -242,4 +324,4 @@ def target_verdict(name, threads, ratio, spread, peak_share, n_rounds):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
