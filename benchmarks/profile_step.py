@@ -108,6 +108,7 @@ def install_numgpt_timers(timers):
         return out
     A.causal_softmax = causal_softmax
     M.OverwritingAdd.__call__ = timers.wrap(M.OverwritingAdd.__call__, "gradient hand-off")
+    M._head_back = timers.wrap(M._head_back, "matmuls")     # the lm head's backward (not a linear_backward)
 
 
 def wrapper_overhead_us(timers_cls):

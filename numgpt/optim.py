@@ -188,28 +188,54 @@ def decay_mask_from_layout(layout):
     return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
 
 
-def grad_norm(grads):
+_NORM_BLOCK = 1 << 20
+
+
+def grad_norm(grads, n_threads=None):
     """Global L2 norm of a flat gradient buffer.
 
     Sums of squares are taken per block of 2^20 elements (BLAS dot, no float64
-    copy of the buffer) and the blocks are added in double precision.
+    copy of the buffer) and the blocks are added in double precision, in block
+    order. The blocks' dot products run on ``n_threads`` threads (default: the
+    trainer's thread count; NumPy releases the interpreter lock in them), and
+    the result does not depend on how many: the additions happen here, in order.
     """
+    blocks = [(start, min(start + _NORM_BLOCK, grads.size)) for start in range(0, grads.size, _NORM_BLOCK)]
+    groups = _split_ranges(blocks, default_threads() if n_threads is None else n_threads)
     total = 0.0
-    for start in range(0, grads.size, 1 << 20):
-        block = grads[start:start + (1 << 20)]
-        total += float(np.dot(block, block))
+    for sums in run_parallel(_sums_of_squares, [(grads, group) for group in groups]):
+        for value in sums:
+            total += value
     return math.sqrt(total)
 
 
-def clip_grad_norm(grads, max_norm):
+def _sums_of_squares(grads, blocks):
+    return [float(np.dot(grads[a:b], grads[a:b])) for a, b in blocks]
+
+
+def _scale(grads, blocks, factor):
+    for a, b in blocks:
+        grads[a:b] *= factor
+
+
+def _split_ranges(ranges, parts):
+    """``ranges`` cut into at most ``parts`` contiguous groups of about equal element counts."""
+    return [[(a, b) for a, b, _ in group] for group in _split_chunks([(a, b, None) for a, b in ranges], parts)]
+
+
+def clip_grad_norm(grads, max_norm, n_threads=None):
     """Scale the flat ``grads`` in place so their global norm is at most ``max_norm``.
 
     Returns the norm before clipping (as ``torch.nn.utils.clip_grad_norm_`` does).
-    ``max_norm <= 0`` disables clipping.
+    ``max_norm <= 0`` disables clipping. Both passes run on ``n_threads`` threads, as
+    :func:`grad_norm`; the result does not depend on how many.
     """
-    norm = grad_norm(grads)
+    n_threads = default_threads() if n_threads is None else n_threads
+    norm = grad_norm(grads, n_threads)
     if max_norm > 0 and norm > max_norm and math.isfinite(norm):
-        grads *= max_norm / (norm + 1e-6)
+        factor = max_norm / (norm + 1e-6)
+        blocks = [(start, min(start + _NORM_BLOCK, grads.size)) for start in range(0, grads.size, _NORM_BLOCK)]
+        run_parallel(_scale, [(grads, group, factor) for group in _split_ranges(blocks, n_threads)])
     return norm
 
 

@@ -448,3 +448,23 @@ def test_ranges_outside():
     assert ranges_outside(10, [(0, 10)]) == []
     assert ranges_outside(10, [(6, 8), (2, 4)]) == [(0, 2), (4, 6), (8, 10)]
     assert ranges_outside(10, [(0, 3), (3, 5)]) == [(5, 10)]
+
+
+def test_grad_norm_and_clipping_do_not_depend_on_the_thread_count():
+    # The blocks' sums of squares run on threads and are added in block order afterwards: the
+    # norm and the clipped buffer are the same bit for bit on 1, 2 or 3 threads, and equal the
+    # float64 norm to float32 round-off (BLAS sums each block in float32). 3.5 blocks of 2^20,
+    # so the threads get uneven shares.
+    rng = np.random.default_rng(5)
+    grads = rng.standard_normal(7 * (1 << 19)).astype(np.float32)
+    want = math.sqrt(float(np.dot(grads.astype(np.float64), grads.astype(np.float64))))
+    norms, clipped = [], []
+    for n_threads in (1, 2, 3):
+        assert grad_norm(grads, n_threads) == pytest.approx(want, rel=1e-5)   # float32 dot per block
+        g = grads.copy()
+        norms.append(clip_grad_norm(g, 1.0, n_threads))
+        clipped.append(g)
+    assert norms[0] == norms[1] == norms[2] == grad_norm(grads, 1)
+    for g in clipped[1:]:
+        np.testing.assert_array_equal(g, clipped[0])
+    np.testing.assert_array_equal(clipped[0], grads * np.float32(1.0 / (norms[0] + 1e-6)))

@@ -38,7 +38,7 @@ from .._blas import blas_threads
 from ..model import OverwritingAdd, count_targets, param_views
 from .forked import ForkedWorkers, fork_available, shared_zeros
 from .sink import GradientSink, WorkerFailed
-from .threads import default_threads, run_parallel, split
+from .threads import default_threads, parallel_add, run_parallel, split
 
 # processes="auto" forks workers only while their private gradient buffers stay this small
 PROCESS_GRADS_LIMIT = 256 << 20
@@ -211,7 +211,7 @@ class DataParallel:
         losses = [loss]
         for k in range(1, len(parts)):
             losses.append(workers.result(k - 1))
-            model.flat_grads += self._worker_grads[k - 1]
+            parallel_add(model.flat_grads, self._worker_grads[k - 1], self.n_workers)   # the cores are free now
         return losses
 
     def _worker_slice(self, k, idx, targets, loss_scale, ignore_index, seed):

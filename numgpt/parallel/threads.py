@@ -106,3 +106,18 @@ def split(n, parts):
     parts = max(1, min(parts, n))
     bounds = [n * k // parts for k in range(parts + 1)]
     return list(zip(bounds[:-1], bounds[1:]))
+
+
+def parallel_add(dst, src, n_threads=None):
+    """``dst += src`` for 1-D arrays, cut into ``n_threads`` contiguous parts added at once.
+
+    Element-wise, so the result is the same for any number of threads; NumPy releases the
+    interpreter lock inside the addition, so the parts use as many cores.
+    """
+    n_threads = default_threads() if n_threads is None else n_threads
+    parts = [(lo, hi) for lo, hi in split(dst.size, max(1, n_threads)) if hi > lo] or [(0, 0)]
+    run_parallel(_add_part, [(dst, src, lo, hi) for lo, hi in parts])
+
+
+def _add_part(dst, src, lo, hi):
+    dst[lo:hi] += src[lo:hi]

@@ -392,3 +392,16 @@ def test_sink_error_says_what_each_worker_waits_for(case):
     released = [e for e in errors if e is not None and e is not reported[0]]
     assert all(type(e) is WorkerFailed and str(e) == "another worker of this step failed" for e in released)
     assert len(released) == (1 if case == "tied" else 0)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3, 7])
+def test_parallel_add_equals_a_plain_addition(n_threads):
+    # The forked workers' gradients are summed with parallel_add: any split gives dst + src exactly.
+    from numgpt.parallel.threads import parallel_add
+    rng = np.random.default_rng(n_threads)
+    for n in (0, 1, 5, 100_003):
+        dst = rng.standard_normal(n).astype(np.float32)
+        src = rng.standard_normal(n).astype(np.float32)
+        want = dst + src
+        parallel_add(dst, src, n_threads)
+        np.testing.assert_array_equal(dst, want)
