@@ -359,7 +359,7 @@ class _Run:
             micro_loss, _ = self.dp.loss_and_grads(x, y, dropout_rng=drop_rng, accumulate=micro > 0,
                                                    loss_scale=1.0 / n_micro, sync=micro == n_micro - 1)
             loss += micro_loss / n_micro
-        norm = clip_grad_norm(model.flat_grads, cfg.grad_clip)
+        norm = clip_grad_norm(model.flat_grads, cfg.grad_clip, n_threads=self.dp.n_workers)   # on the workers' threads
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
             kept = f"the last good checkpoint {self.checkpoint_path} is kept" \
