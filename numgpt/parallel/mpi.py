@@ -22,6 +22,7 @@ an error on every rank.
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 # Open MPI, MVAPICH) or, for PMIx launchers, the rank alone.
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 _RANK_ONLY_VARIABLES = ("PMIX_RANK",)
+ABORT_GRACE = 0.5      # seconds between printing a rank's error and aborting the job (see stop_job_on_error)
 
 
 class RankFailed(RuntimeError):
@@ -165,5 +167,9 @@ def stop_job_on_error(comm):
         text = f"{type(e).__name__}: {e}" if expected else "".join(traceback.format_exception(e)).rstrip()
         print(f"numgpt: MPI rank {comm.Get_rank()} of {comm.Get_size()} failed, stopping the job: {text}",
               file=sys.stderr, flush=True)
+        # Give mpiexec a moment to forward the message: MPI_Abort kills the launcher's I/O proxies,
+        # and under load the message was lost with them (1 run in 8 of the test below, with a busy
+        # core). tests/parallel/test_mpi.py::test_a_rank_that_raises_ends_the_job_with_its_message
+        time.sleep(ABORT_GRACE)
         comm.Abort(1)
         raise                       # not reached: Abort ends this process too
