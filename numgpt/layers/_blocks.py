@@ -24,8 +24,3 @@ def flat(x):
     """``x`` as a C-contiguous 1-D array: a view when ``x`` is contiguous, else a copy."""
     return np.ravel(x, order="C")
 
-
-def rows(x):
-    """``x`` (..., K) as a C-contiguous 2-D (N, K) array: a view when ``x`` is contiguous, else a copy."""
-    K = x.shape[-1] if x.ndim else 1
-    return np.ascontiguousarray(x).reshape(-1, K)
