@@ -76,14 +76,14 @@ def gelu_backward(dout, cache):
     with np.errstate(under="ignore"):            # s (1 - s) of a tiny s may round to 0: harmless
         for b in row_blocks(x_flat.size, 1):     # hot path: as in the forward
             xb, sb, dxb = x_flat[b], s_flat[b], dx[b]
-            t = du_dx2[:len(xb)]
-            np.multiply(xb, xb, out=t)
-            t *= 6.0 * GELU_K * GELU_A
-            t += 2.0 * GELU_K
-            t *= xb                              # 2 x du/dx = 2 x k (1 + 3 a x^2)
+            du_dx2_b = du_dx2[:len(xb)]
+            np.multiply(xb, xb, out=du_dx2_b)
+            du_dx2_b *= 6.0 * GELU_K * GELU_A
+            du_dx2_b += 2.0 * GELU_K
+            du_dx2_b *= xb                       # 2 x du/dx = 2 x k (1 + 3 a x^2)
             np.subtract(1.0, sb, out=dxb)        # 1 - s
             dxb *= sb                            # s (1 - s) = (1 - t^2) / 4
-            dxb *= t                             # x (1 - t^2)/2 * du/dx
+            dxb *= du_dx2_b                      # x (1 - t^2)/2 * du/dx
             dxb += sb                            # dy/dx
             dxb *= dout_flat[b]
     return dx.reshape(x.shape)
