@@ -56,6 +56,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))      # this checkout's numgpt, installed or not (as train_speed's workers)
 
 CONFIGS = {
     # name: (n_layer, n_head, n_embd, block_size, batch_size, vocab_size), the order of train_speed.py's
