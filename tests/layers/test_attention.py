@@ -163,6 +163,16 @@ def test_gradcheck_adjoint_on_a_larger_input():
     assert_gradcheck_passes(checked(4, method="adjoint")(qkv))
 
 
+@pytest.mark.parametrize("B, T, n_head", [(6, 64, 4), (2, 256, 3)])
+def test_gradcheck_adjoint_across_head_blocks(B, T, n_head):
+    # Several blocks of heads (head_blocks): whole batch elements per block, then one head per
+    # block; the blocked backward against finite differences in float64.
+    from numgpt.layers.attention import head_blocks
+    assert len(head_blocks(B, n_head, T)) > 1
+    qkv = np.random.default_rng(T).standard_normal((B, T, 3 * n_head * 4))
+    assert_gradcheck_passes(checked(n_head, method="adjoint")(qkv))
+
+
 def _assemble(dq, dk, dv):
     B, H, T, D = dq.shape
     parts = [x.transpose(0, 2, 1, 3).reshape(B, T, H * D) for x in (dq, dk, dv)]

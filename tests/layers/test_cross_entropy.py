@@ -119,6 +119,20 @@ def test_gradcheck_adjoint_on_a_larger_input():
     assert_gradcheck_passes(results)
 
 
+def test_gradcheck_adjoint_across_row_blocks():
+    # 1300 rows of 100 classes are two blocks of rows (row_blocks): the blocked forward's
+    # gradient against finite differences in float64.
+    from numgpt.layers._blocks import row_blocks
+    rng = np.random.default_rng(2)
+    logits = rng.standard_normal((10, 130, 100)) * 2
+    targets = rng.integers(0, 100, size=(10, 130))
+    targets[:, ::3] = -1
+    assert len(row_blocks(1300, 100)) == 2
+    results = check_layer(softmax_cross_entropy_forward, softmax_cross_entropy_backward, (logits, targets),
+                          names=NAMES, method="adjoint")
+    assert_gradcheck_passes(results)
+
+
 def _probs_minus_onehot(cache):
     probs, rows, yv, count, shape = cache
     d = np.zeros_like(probs)

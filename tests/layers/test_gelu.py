@@ -126,6 +126,12 @@ def test_gradcheck_adjoint_on_a_larger_input():
     assert_gradcheck_passes(check_layer(gelu_forward, gelu_backward, (x,), names=("x",), method="adjoint"))
 
 
+def test_gradcheck_adjoint_across_blocks():
+    # 2.5 blocks of BLOCK elements: the blocked backward against finite differences in float64.
+    x = np.random.default_rng(2).uniform(-3, 3, (5, BLOCK // 2))
+    assert_gradcheck_passes(check_layer(gelu_forward, gelu_backward, (x,), names=("x",), method="adjoint"))
+
+
 def test_gradcheck_catches_a_derivative_missing_the_factor_3():
     def backward_missing_3(dout, cache):
         x, s = cache                                   # s = (1 + tanh u) / 2
