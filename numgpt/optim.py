@@ -200,8 +200,7 @@ def grad_norm(grads, n_threads=None):
     trainer's thread count; NumPy releases the interpreter lock in them), and
     the result does not depend on how many: the additions happen here, in order.
     """
-    blocks = [(start, min(start + _NORM_BLOCK, grads.size)) for start in range(0, grads.size, _NORM_BLOCK)]
-    groups = _split_ranges(blocks, default_threads() if n_threads is None else n_threads)
+    groups = _block_groups(grads.size, default_threads() if n_threads is None else n_threads)
     total = 0.0
     for sums in run_parallel(_sums_of_squares, [(grads, group) for group in groups]):
         for value in sums:
@@ -218,9 +217,10 @@ def _scale(grads, blocks, factor):
         grads[a:b] *= factor
 
 
-def _split_ranges(ranges, parts):
-    """``ranges`` cut into at most ``parts`` contiguous groups of about equal element counts."""
-    return [[(a, b) for a, b, _ in group] for group in _split_chunks([(a, b, None) for a, b in ranges], parts)]
+def _block_groups(size, parts):
+    """The blocks of ``_NORM_BLOCK`` elements covering ``range(size)``, in at most ``parts`` contiguous groups."""
+    blocks = [(start, min(start + _NORM_BLOCK, size), None) for start in range(0, size, _NORM_BLOCK)]
+    return [[(a, b) for a, b, _ in group] for group in _split_chunks(blocks, parts)]
 
 
 def clip_grad_norm(grads, max_norm, n_threads=None):
@@ -234,8 +234,7 @@ def clip_grad_norm(grads, max_norm, n_threads=None):
     norm = grad_norm(grads, n_threads)
     if max_norm > 0 and norm > max_norm and math.isfinite(norm):
         factor = max_norm / (norm + 1e-6)
-        blocks = [(start, min(start + _NORM_BLOCK, grads.size)) for start in range(0, grads.size, _NORM_BLOCK)]
-        run_parallel(_scale, [(grads, group, factor) for group in _split_ranges(blocks, n_threads)])
+        run_parallel(_scale, [(grads, group, factor) for group in _block_groups(grads.size, n_threads)])
     return norm
 
 

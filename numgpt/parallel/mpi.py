@@ -168,8 +168,8 @@ def stop_job_on_error(comm):
         print(f"numgpt: MPI rank {comm.Get_rank()} of {comm.Get_size()} failed, stopping the job: {text}",
               file=sys.stderr, flush=True)
         # Give mpiexec a moment to forward the message: MPI_Abort kills the launcher's I/O proxies,
-        # and under load the message was lost with them (1 run in 8 of the test below, with a busy
-        # core). tests/parallel/test_mpi.py::test_a_rank_that_raises_ends_the_job_with_its_message
+        # and under load the message was lost with them (1 run in 8 of tests/parallel/test_mpi.py::
+        # test_a_rank_that_raises_ends_the_job_with_its_message with a busy core; 16 of 16 with this).
         time.sleep(ABORT_GRACE)
         comm.Abort(1)
         raise                       # not reached: Abort ends this process too

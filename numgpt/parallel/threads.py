@@ -115,8 +115,7 @@ def parallel_add(dst, src, n_threads=None):
     interpreter lock inside the addition, so the parts use as many cores.
     """
     n_threads = default_threads() if n_threads is None else n_threads
-    parts = [(lo, hi) for lo, hi in split(dst.size, max(1, n_threads)) if hi > lo] or [(0, 0)]
-    run_parallel(_add_part, [(dst, src, lo, hi) for lo, hi in parts])
+    run_parallel(_add_part, [(dst, src, lo, hi) for lo, hi in split(dst.size, n_threads)])
 
 
 def _add_part(dst, src, lo, hi):
