@@ -21,7 +21,7 @@ With --nanogpt DIR (a clone of https://github.com/karpathy/nanoGPT; not a numgpt
 nothing of it is copied into this repository) it runs nanoGPT's own train.py, unmodified, for the
 whole recipe, the command line of nanoGPT's README plus --dtype=float32 (on a CPU train.py would
 otherwise ask for a float16 GradScaler, which torch disables there with a warning) and --out_dir.
-Into a temporary directory go copies of train.py, model.py, configurator.py, config/ and
+Into a temporary directory go copies of train.py, model.py, configurator.py, config/train_shakespeare_char.py and
 data/shakespeare_char/prepare.py; the same text numgpt trains on becomes
 data/shakespeare_char/input.txt, so prepare.py (run first, untimed) does not download. Then, per
 seed and alternating which goes first, nanoGPT's train.py and numgpt's recipe each run in a fresh
@@ -54,6 +54,9 @@ import tempfile
 import time
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))      # this checkout's numgpt, installed or not
+
+from numgpt.parallel.threads import default_threads  # noqa: E402
 SHARED = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
 
 # nanoGPT's CPU recipe (config/train_shakespeare_char.py plus the README's command line)
@@ -102,7 +105,6 @@ def nanogpt_prepare(nanogpt_dir, data, root):
     for name in NANOGPT_FILES:
         os.makedirs(os.path.join(root, os.path.dirname(name)), exist_ok=True)
         shutil.copy(os.path.join(nanogpt_dir, name), os.path.join(root, name))
-    shutil.copytree(os.path.join(nanogpt_dir, "config"), os.path.join(root, "config"), dirs_exist_ok=True)
     text, _ = load_text(data)
     with open(os.path.join(root, "data", "shakespeare_char", "input.txt"), "w", encoding="utf-8") as f:
         f.write(text)
@@ -224,7 +226,7 @@ def run_torch(data, seed, max_iters, threads):
 
 def torch_in_subprocess(data, seed, max_iters, threads=None):
     # a process of its own: OpenBLAS's and PyTorch's thread pools slow each other down when they share one
-    threads = threads or int(os.environ.get("NUMGPT_THREADS") or min(os.cpu_count() or 1, 4))
+    threads = threads or default_threads()
     cmd = [sys.executable, __file__, "--torch-worker", "--data", data, "--seeds", str(seed),
            "--max_iters", str(max_iters), "--torch-threads", str(threads)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -300,7 +302,7 @@ def against_nanogpt(args):
         return 2
     nanogpt_dir = os.path.abspath(args.nanogpt)
     data = os.path.abspath(args.data) if os.path.exists(args.data) else args.data
-    threads = args.threads or int(os.environ.get("NUMGPT_THREADS") or min(os.cpu_count() or 1, 4))
+    threads = args.threads or default_threads()
     root = tempfile.mkdtemp(prefix="numgpt_nanogpt_shakespeare_")
     try:
         nanogpt_prepare(nanogpt_dir, data, root)
