@@ -27,7 +27,11 @@ Difference formulas. With step h, the second-order central difference is
 :math:`\varepsilon |f| / h`. In float64 (:math:`\varepsilon \approx 10^{-16}`)
 order 2 with h = 1e-5 leaves errors near 1e-11, order 4 with h = 1e-3 near
 1e-13: the default, and what makes a 1e-7 relative criterion meaningful for
-every gradient entry down to 1e-5. Gradient checks belong in float64: in
+every gradient entry down to 1e-5. That holds while the function's higher
+derivatives are of order 1. A layer that divides by a row's scale has larger
+ones when the scale is small. For a row of RMS 0.28 the order-4 truncation error
+reached 5e-12, so draw such rows away from a small scale (see ``min_row_spread``
+in :mod:`numgpt.strategies`). Gradient checks belong in float64: in
 float32 round-off alone is about 1e-7 / h, so a right backward shows relative
 errors near 1e-4. That is why :func:`check_layer` upcasts float16 and float32
 inputs to float64 before checking (and records that it did), as
