@@ -36,7 +36,12 @@ runs in the dtype of the update (float32 in training, float64 in the tests).
 And the reference's ``grad.lerp_`` overwrites the gradient with U; here the
 gradient is left alone. Muon is meant for the 2-D weight matrices of the hidden
 layers; embeddings, the output head, gains and biases stay with AdamW, as in
-the reference. Derivation and why it works: docs/derivations/optim/muon.md.
+the reference. A fused projection is orthogonalised block by block
+(``parts``): numgpt's ``c_attn`` holds the query, key and value matrices side by
+side, and the reference orthogonalises those three apart (modded-nanoGPT keeps
+them as separate weights, or merged but viewed as a stack of matrices), so each
+gets its own polar factor and its own scale. Derivation and why it works:
+docs/derivations/optim/muon.md.
 """
 
 import math
@@ -54,6 +59,15 @@ LAYOUTS = ("in_out", "out_in")      # numgpt's (fan_in, fan_out) weights; PyTorc
 # numgpt's parameters Muon trains (under numgpt train --optimizer muon): every block's attention and MLP
 # matrices. Embeddings, the output head, norm weights and biases stay with AdamW.
 HIDDEN_MATRIX_SUFFIXES = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
+
+
+# The hidden matrices that are several matrices side by side along their fan_out axis: c_attn's q, k, v.
+FUSED_PARTS = {".attn.c_attn.weight": 3}
+
+
+def fused_parts(name):
+    """How many matrices the hidden weight ``name`` fuses along its fan_out axis (q, k, v in ``c_attn``: 3)."""
+    return next((n for suffix, n in FUSED_PARTS.items() if name.endswith(suffix)), 1)
 
 
 def hidden_matrices(layout):
@@ -98,9 +112,31 @@ def newton_schulz(G, steps=NS_STEPS, coefficients=NS_COEFFICIENTS, eps=NS_EPS):
     return np.ascontiguousarray(X.T) if tall else X
 
 
-def _ns_cost(shape):
+def _ns_cost(shape, parts=1, layout="in_out"):
     rows, cols = shape
-    return rows * cols * min(rows, cols)
+    if layout == "in_out":
+        cols //= parts
+    else:
+        rows //= parts
+    return parts * rows * cols * min(rows, cols)
+
+
+def _part_views(x, parts, layout):
+    """The ``parts`` equal blocks of the 2-D ``x`` along its fan_out axis (columns in ``in_out``), as views."""
+    if parts == 1:
+        return [x]
+    axis = 1 if layout == "in_out" else 0
+    n = x.shape[axis] // parts
+    return [x[:, k * n:(k + 1) * n] if axis == 1 else x[k * n:(k + 1) * n] for k in range(parts)]
+
+
+def _check_parts(name, parts, shape, layout):
+    if isinstance(parts, bool) or not isinstance(parts, (int, np.integer)) or parts < 1:
+        raise ValueError(f"{name} must be a positive integer, got {parts!r}")
+    fan_out = shape[1] if layout == "in_out" else shape[0]
+    if fan_out % parts:
+        raise ValueError(f"{name}={parts} does not divide the fan_out axis of a matrix of shape {shape} "
+                         f"stored {layout} (fan_out {fan_out})")
 
 
 def update_scale(shape, layout="in_out"):
@@ -111,16 +147,21 @@ def update_scale(shape, layout="in_out"):
     return math.sqrt(max(1.0, fan_out / fan_in))
 
 
-def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS, layout="in_out"):
+def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS, layout="in_out", parts=1):
     """One Muon direction for the 2-D ``grad``; updates the ``momentum`` buffer in place.
 
     Returns ``update_scale(grad.shape, layout) * newton_schulz(U)`` with ``U``
     the Nesterov (or plain) momentum of the module docstring. The parameter
-    moves by ``-lr`` times it.
+    moves by ``-lr`` times it. With ``parts`` > 1 the matrix is that many
+    matrices side by side along its fan_out axis (a fused q, k, v projection:
+    3): the momentum is the same element by element, and each block of ``U``
+    is orthogonalised and scaled on its own.
     """
     _check_matrix("grad", grad)
     _check_matrix("momentum", momentum)
-    scale = update_scale(grad.shape, layout)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+    _check_parts("parts", parts, grad.shape, layout)
     if momentum.shape != grad.shape or momentum.dtype != grad.dtype:
         raise ValueError(f"momentum must match grad's shape {grad.shape} and dtype {grad.dtype}, "
                          f"got {momentum.shape} {momentum.dtype}")
@@ -130,8 +171,14 @@ def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS, layout
         update = (1.0 - beta) * grad + beta * momentum   # U = (1 - beta) G + beta M
     else:
         update = momentum
-    ortho = newton_schulz(update, steps)
-    ortho *= scale
+    if parts == 1:
+        ortho = newton_schulz(update, steps)
+        ortho *= update_scale(grad.shape, layout)
+        return ortho
+    ortho = np.empty_like(grad)
+    for block, out in zip(_part_views(update, parts, layout), _part_views(ortho, parts, layout)):
+        out[...] = newton_schulz(block, steps)
+        out *= update_scale(block.shape, layout)
     return ortho
 
 
@@ -143,12 +190,15 @@ class Muon:
     Defaults are the reference's: ``lr`` 0.02, ``momentum`` 0.95, Nesterov,
     five Newton-Schulz steps, no weight decay. ``layout`` is how every matrix
     is stored: ``"in_out"`` (numgpt's linear weights) or ``"out_in"`` (PyTorch's).
+    ``parts`` (default all 1) gives, per matrix, how many matrices it fuses
+    along its fan_out axis (see :func:`muon_update`; :func:`fused_parts` says it
+    for numgpt's parameter names).
     ``n_threads`` (default: the cores, at most 4) threads share the matrices,
     each running its own with one BLAS thread; the result does not depend on it.
     """
 
     def __init__(self, params, grads, lr=0.02, momentum=0.95, nesterov=True, steps=NS_STEPS,
-                 weight_decay=0.0, layout="in_out", n_threads=None):
+                 weight_decay=0.0, layout="in_out", n_threads=None, parts=None):
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
             raise ValueError(f"params and grads must pair up, got {len(params)} params and {len(grads)} grads")
@@ -166,7 +216,12 @@ class Muon:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        self.layout = layout
+        parts = [1] * len(params) if parts is None else list(parts)
+        if len(parts) != len(params):
+            raise ValueError(f"parts must give one count per matrix: {len(params)} matrices, got {len(parts)} counts")
+        for i, (p, n) in enumerate(zip(params, parts)):
+            _check_parts(f"parts[{i}]", n, p.shape, layout)
+        self.layout, self.parts = layout, [int(n) for n in parts]
         self.params, self.grads = params, grads
         self.lr, self.momentum, self.nesterov = lr, momentum, bool(nesterov)
         self.steps, self.weight_decay = steps, weight_decay
@@ -184,10 +239,11 @@ class Muon:
         # so this loses up to about 1.8x on large matrices on a quiet host and wins 1.4x to 50x on a busy one.
         loads = [0] * min(self.n_threads, max(1, len(params)))
         groups = [[] for _ in loads]
-        for i in sorted(range(len(params)), key=lambda i: -_ns_cost(params[i].shape)):
+        costs = [_ns_cost(p.shape, n, layout) for p, n in zip(params, self.parts)]
+        for i in sorted(range(len(params)), key=lambda i: -costs[i]):
             k = loads.index(min(loads))
             groups[k].append(i)
-            loads[k] += _ns_cost(params[i].shape)
+            loads[k] += costs[i]
         self._groups = [sorted(g) for g in groups if g] or [[]]
 
     def step(self, lr=None):
@@ -199,7 +255,7 @@ class Muon:
     def _step_matrices(self, indices, lr):
         for i in indices:
             p, g, m = self.params[i], self.grads[i], self.buffers[i]
-            update = muon_update(g, m, self.momentum, self.nesterov, self.steps, self.layout)
+            update = muon_update(g, m, self.momentum, self.nesterov, self.steps, self.layout, self.parts[i])
             if self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay
             update *= lr

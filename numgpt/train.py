@@ -66,7 +66,7 @@ from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, save_run
 from .config import TrainConfig, load_config_file, resume_settings
 from .data import prepare_data
 from .model import GPT, GPTConfig, param_views
-from .muon import Muon, hidden_matrices
+from .muon import Muon, fused_parts, hidden_matrices
 from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout, ranges_outside
 from .parallel import DataParallel, default_processes
 from .parallel.mpi import (agree, max_over_ranks, mpi_world, quiet_other_ranks, stop_job_on_error,
@@ -278,7 +278,8 @@ class _Run:
             matrices = hidden_matrices(model.layout)
             params, grads = param_views(dp.flat_params, model.layout), param_views(dp.flat_grads, model.layout)
             muon = Muon([params[name] for name, _, _ in matrices], [grads[name] for name, _, _ in matrices],
-                        lr=cfg.muon_lr, momentum=cfg.muon_momentum, n_threads=dp.n_workers)
+                        lr=cfg.muon_lr, momentum=cfg.muon_momentum, n_threads=dp.n_workers,
+                        parts=[fused_parts(name) for name, _, _ in matrices])   # c_attn's q, k, v apart
             adamw_ranges = ranges_outside(model.num_params, [(start, stop) for _, start, stop in matrices])
         optimizer = AdamW(dp.flat_params, dp.flat_grads, decay_mask_from_layout(model.layout),
                           lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay,

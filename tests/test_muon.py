@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from numgpt import strategies as ns
-from numgpt.muon import NS_COEFFICIENTS, NS_EPS, NS_STEPS, Muon, muon_update, newton_schulz
+from numgpt.muon import (NS_COEFFICIENTS, NS_EPS, NS_STEPS, Muon, fused_parts, hidden_matrices, muon_update,
+                         newton_schulz)
 
 BAND = (0.68, 1.21)            # five steps, every normalised singular value >= 2e-3
 BAND_WELL = (0.68, 1.14)       # five steps, every normalised singular value >= 1e-2
@@ -222,6 +223,66 @@ def test_update_scale_is_sqrt_of_fan_out_over_fan_in_when_above_one():
     np.testing.assert_allclose(np.linalg.norm(W, ord=2), 2.0 * scalar_map(1.0), rtol=1e-6)   # rank 1: phi(1)
 
 
+# -- fused matrices: c_attn's q, k and v orthogonalised apart ------------------------------------
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("layout, shape, axis", [("in_out", (8, 24), 1), ("out_in", (24, 8), 0),
+                                                 ("in_out", (16, 12), 1), ("out_in", (4, 10), 0)])
+def test_parts_orthogonalise_and_scale_each_block_on_its_own(layout, shape, axis, nesterov):
+    rng = np.random.default_rng(14)
+    grad, momentum = rng.standard_normal((2,) + shape)
+    blocks_momentum = np.split(momentum.copy(), 3 if shape[axis] % 3 == 0 else 2, axis=axis)
+    parts = len(blocks_momentum)
+    fused_momentum = momentum.copy()
+    got = muon_update(grad, momentum, beta=0.9, nesterov=nesterov, layout=layout, parts=parts)
+    want = np.concatenate([muon_update(g, m, beta=0.9, nesterov=nesterov, layout=layout)
+                           for g, m in zip(np.split(grad, parts, axis=axis), blocks_momentum)], axis=axis)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(momentum, np.concatenate(blocks_momentum, axis=axis), rtol=1e-15)
+    # the negative control: one polar factor of the whole matrix is another update
+    whole = muon_update(grad, fused_momentum, beta=0.9, nesterov=nesterov, layout=layout)
+    assert np.abs(whole - got).max() > 0.1
+    np.testing.assert_array_equal(fused_momentum, momentum)      # the momentum does not depend on the parts
+
+
+def test_each_block_of_a_fused_update_is_orthogonal_with_its_own_scale():
+    # numgpt's c_attn (C, 3C): three (C, C) blocks, each scale 1, each about orthogonal
+    C = 12
+    grad = np.random.default_rng(15).standard_normal((C, 3 * C))
+    update = muon_update(grad, np.zeros_like(grad), beta=0.0, parts=3)
+    for block in np.split(update, 3, axis=1):
+        s = singular_values(block)
+        assert BAND[0] <= s.min() and s.max() <= BAND[1]       # a square Gaussian block: some values below 1e-2
+    # fused, the whole (C, 3C) matrix gets scale sqrt(3) and one set of C singular values
+    s = singular_values(muon_update(grad, np.zeros_like(grad), beta=0.0, parts=1))
+    assert s.size == C and BAND_WELL[0] * math.sqrt(3) <= s.min()
+
+
+def test_muon_with_parts_equals_separate_matrices():
+    rng = np.random.default_rng(16)
+    W = rng.standard_normal((8, 24))
+    blocks = [np.ascontiguousarray(b) for b in np.split(W, 3, axis=1)]
+    G = np.zeros_like(W)
+    block_grads = [np.zeros_like(b) for b in blocks]
+    fused = Muon([W], [G], lr=0.05, weight_decay=0.1, parts=[3])
+    apart = Muon(blocks, block_grads, lr=0.05, weight_decay=0.1)
+    for _ in range(3):
+        G[...] = rng.standard_normal(G.shape)
+        for g, part in zip(block_grads, np.split(G, 3, axis=1)):
+            g[...] = part
+        fused.step()
+        apart.step()
+    np.testing.assert_allclose(W, np.concatenate(blocks, axis=1), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(fused.buffers[0], np.concatenate(apart.buffers, axis=1), rtol=0, atol=1e-15)
+
+
+def test_fused_parts_names_c_attn_only():
+    layout = [("wte", (65, 16)), ("h.0.attn.c_attn.weight", (16, 48)), ("h.0.attn.c_proj.weight", (16, 16)),
+              ("h.0.mlp.c_fc.weight", (16, 64)), ("h.0.mlp.c_proj.weight", (64, 16))]
+    assert [fused_parts(name) for name, _, _ in hidden_matrices(layout)] == [3, 1, 1, 1]
+
+
 def least_squares(dtype, seed=12):
     """Fit Y = X W_true with W (32, 16), numgpt's (fan_in, fan_out) layout: the update scale is 1."""
     rng = np.random.default_rng(seed)
@@ -298,6 +359,16 @@ def test_bad_inputs_name_the_argument():
         newton_schulz(np.ones((2, 2, 2)))
     with pytest.raises(ValueError, match=r"steps must be a non-negative integer, got -1"):
         newton_schulz(np.ones((2, 2)), steps=-1)
+    for parts, match in [(0, "parts must be a positive integer, got 0"), (True, "parts must be a positive integer"),
+                         (1.5, "parts must be a positive integer"),
+                         (5, r"parts=5 does not divide the fan_out axis of a matrix of shape \(4, 6\) stored in_out "
+                             r"\(fan_out 6\)")]:
+        with pytest.raises(ValueError, match=match):
+            muon_update(np.ones((4, 6)), np.zeros((4, 6)), parts=parts)
+    with pytest.raises(ValueError, match=r"parts\[1\]=4 does not divide .* shape \(6, 4\) stored out_in \(fan_out 6\)"):
+        Muon([np.ones((4, 6)), np.ones((6, 4))], [np.ones((4, 6)), np.ones((6, 4))], layout="out_in", parts=[1, 4])
+    with pytest.raises(ValueError, match="parts must give one count per matrix: 1 matrices, got 2 counts"):
+        Muon([np.ones((4, 6))], [np.ones((4, 6))], parts=[1, 1])
     with pytest.raises(ValueError, match=r"momentum must match grad's shape \(2, 3\)"):
         muon_update(np.ones((2, 3)), np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"params and grads must pair up, got 1 params and 0 grads"):

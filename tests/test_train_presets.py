@@ -145,6 +145,19 @@ def test_muon_trains_the_hidden_matrices_and_adamw_the_rest(textfile, tmp_path):
     assert meta["optimizer"] == "muon" and meta["muon_t"] == meta["optimizer_t"] == 12
 
 
+def test_muon_orthogonalises_q_k_v_of_c_attn_apart(textfile, tmp_path, monkeypatch):
+    from numgpt import muon as muon_module
+
+    seen = []
+    original = muon_module.Muon.step
+    monkeypatch.setattr(muon_module.Muon, "step", lambda self, lr=None: (seen.append(list(self.parts)),
+                                                                         original(self, lr))[1])
+    result = train(tiny(textfile, tmp_path / "m", optimizer="muon", max_iters=1), log=quiet)
+    names = [name for name, _, _ in hidden_matrices(result.model.layout)]
+    assert seen and seen[0] == [3 if name.endswith(".attn.c_attn.weight") else 1 for name in names]
+    assert seen[0].count(3) == result.model.config.n_layer
+
+
 def test_muon_changes_the_training(textfile, tmp_path):
     adamw = train(tiny(textfile, tmp_path / "a"), log=quiet)
     muon = train(tiny(textfile, tmp_path / "m", optimizer="muon"), log=quiet)
