@@ -17,11 +17,11 @@ wrapper: splitting a batch, weighting each slice by its targets, reducing the
 flat gradient buffer). ``numgpt.model`` imports nothing from here.
 """
 
-from .data_parallel import DataParallel, process_grads_limit
+from .data_parallel import PROCESS_GRADS_LIMIT, DataParallel
 from .forked import ForkedWorkers, WorkerProcessDied, fork_available, shared_zeros
 from .sink import GradientOrderError, GradientSink, WorkerFailed
 from .threads import default_processes, default_threads, run_parallel, split
 
-__all__ = ["DataParallel", "process_grads_limit", "GradientSink", "GradientOrderError", "WorkerFailed",
+__all__ = ["DataParallel", "PROCESS_GRADS_LIMIT", "GradientSink", "GradientOrderError", "WorkerFailed",
            "ForkedWorkers", "WorkerProcessDied", "fork_available", "shared_zeros", "default_threads",
            "default_processes", "run_parallel", "split"]

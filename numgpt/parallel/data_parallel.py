@@ -30,7 +30,6 @@ Three kinds of worker, which combine:
 
 import functools
 import mmap
-import os
 import weakref
 
 import numpy as np
@@ -41,20 +40,8 @@ from .forked import ForkedWorkers, fork_available, shared_zeros
 from .sink import GradientSink, WorkerFailed
 from .threads import default_threads, parallel_add, run_parallel, split
 
-def process_grads_limit():
-    """Bytes of private gradient buffers up to which ``processes="auto"`` forks the workers.
-
-    A forked worker writes its gradient into a buffer of its own (threads share
-    the model's), so memory, not speed, sets the limit: 1/16 of this machine's
-    physical memory, at least 256 MiB. That takes GPT-2 124M (497 MB at two
-    workers) onto processes from 8 GiB up, where its step ran about 3% faster
-    than on threads (benchmarks/README.md, "Processes for GPT-2 124M").
-    """
-    try:
-        physical = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        physical = 0
-    return max(256 << 20, physical // 16)
+# processes="auto" forks workers only while their private gradient buffers stay this small
+PROCESS_GRADS_LIMIT = 256 << 20
 
 
 class DataParallel:
@@ -64,7 +51,7 @@ class DataParallel:
     the cores, at most 4); 1 runs each batch (or this rank's rows) whole.
     ``processes``: True runs every slice after the first in a forked worker
     process, False on threads, ``"auto"`` forks where that is available, the
-    private gradient buffers take at most :func:`process_grads_limit` bytes in all
+    private gradient buffers take at most ``PROCESS_GRADS_LIMIT`` bytes in all
     and there is no ``comm`` (under MPI the workers stay threads). The
     workers are forked by the first step that needs them and see later
     parameter values (shared memory) but no other change made after the
@@ -82,7 +69,7 @@ class DataParallel:
         self.n_workers = int(n_workers)
         if processes == "auto":
             grads_bytes = (self.n_workers - 1) * model.num_params * model.dtype.itemsize
-            processes = comm is None and fork_available() and grads_bytes <= process_grads_limit()
+            processes = comm is None and fork_available() and grads_bytes <= PROCESS_GRADS_LIMIT
         self.processes = bool(processes) and fork_available()
         self.comm = comm
         self._workers = None            # the forked workers, started by the first step that needs them

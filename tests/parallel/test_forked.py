@@ -7,7 +7,6 @@ collected.
 """
 
 import gc
-import math
 import os
 import signal
 import time
@@ -17,7 +16,7 @@ import pytest
 
 import numgpt.layers as layers
 import numgpt.parallel.data_parallel as dp_module
-from numgpt.model import GPT, PRESETS, GPTConfig, param_layout
+from numgpt.model import GPT, PRESETS, GPTConfig
 from numgpt.optim import AdamW
 from numgpt.parallel import DataParallel, default_processes
 from numgpt.parallel.forked import ForkedWorkers, WorkerProcessDied, fork_available, shared_zeros
@@ -327,26 +326,12 @@ def test_processes_auto_chooses_the_worker_kind(monkeypatch):
     assert DataParallel(model, 2).processes is False                     # the library's default: threads
     assert DataParallel(model, 2, processes="auto").processes is True    # a small model on Linux
     assert DataParallel(model, 2, processes="auto", comm=object()).processes is False   # MPI: threads
-    limit = model.num_params * model.dtype.itemsize - 1
-    monkeypatch.setattr(dp_module, "process_grads_limit", lambda: limit)
+    monkeypatch.setattr(dp_module, "PROCESS_GRADS_LIMIT", model.num_params * model.dtype.itemsize - 1)
     assert DataParallel(model, 2, processes="auto").processes is False   # a private buffer would exceed the limit
     one_worker = DataParallel(model, 1, processes=True)
     idx, targets = _batch(model.config, 4)
     one_worker.loss_and_grads(idx, targets)          # one worker: nothing to fork
     assert one_worker._workers is None
-
-
-def test_process_grads_limit_is_a_sixteenth_of_physical_memory_at_least_256_mib(monkeypatch):
-    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": (8 << 30) // 4096}
-    monkeypatch.setattr(dp_module.os, "sysconf", lambda name: pages[name])
-    assert dp_module.process_grads_limit() == 512 << 20
-    gpt2 = GPTConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
-    gpt2_grads = sum(math.prod(shape) for _, shape in param_layout(gpt2)) * 4      # float32, one extra worker
-    assert 490e6 < gpt2_grads <= dp_module.process_grads_limit()   # GPT-2 124M at two workers forks from 8 GiB up
-    pages["SC_PHYS_PAGES"] = (2 << 30) // 4096
-    assert dp_module.process_grads_limit() == 256 << 20        # the floor
-    monkeypatch.setattr(dp_module.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
-    assert dp_module.process_grads_limit() == 256 << 20        # unknown memory: the floor
 
 
 def test_wrapping_moves_the_parameters_into_shared_memory_and_the_optimizer_follows(models):
