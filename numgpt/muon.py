@@ -123,11 +123,7 @@ def _ns_cost(shape, parts=1, layout="in_out"):
 
 def _part_views(x, parts, layout):
     """The ``parts`` equal blocks of the 2-D ``x`` along its fan_out axis (columns in ``in_out``), as views."""
-    if parts == 1:
-        return [x]
-    axis = 1 if layout == "in_out" else 0
-    n = x.shape[axis] // parts
-    return [x[:, k * n:(k + 1) * n] if axis == 1 else x[k * n:(k + 1) * n] for k in range(parts)]
+    return np.split(x, parts, axis=1 if layout == "in_out" else 0)
 
 
 def _check_parts(name, parts, shape, layout):
