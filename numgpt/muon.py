@@ -167,13 +167,9 @@ def muon_update(grad, momentum, beta=0.95, nesterov=True, steps=NS_STEPS, layout
         update = (1.0 - beta) * grad + beta * momentum   # U = (1 - beta) G + beta M
     else:
         update = momentum
-    if parts == 1:
-        ortho = newton_schulz(update, steps)
-        ortho *= update_scale(grad.shape, layout)
-        return ortho
     ortho = np.empty_like(grad)
     for block, out in zip(_part_views(update, parts, layout), _part_views(ortho, parts, layout)):
-        out[...] = newton_schulz(block, steps)
+        out[...] = newton_schulz(block, steps)          # one block (the whole matrix when parts == 1)
         out *= update_scale(block.shape, layout)
     return ortho
 
