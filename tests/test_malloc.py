@@ -23,7 +23,7 @@ applied = tune_malloc()
 
 def allocate(kind):
     if kind == "big":            # GPT-2's logits are 103 MB per half batch
-        return [np.ones(200 << 17)]                      # one 200 MiB block
+        return [np.ones(400 << 17)]                      # one 400 MiB block
     return [np.ones(1 << 17) for _ in range(700)]        # 700 blocks of 1 MiB, 700 MiB in all
 
 def faults_of_second_round(kind):
@@ -64,19 +64,22 @@ def run_scenario(kind, where, tuning):
 def test_freed_blocks_are_reused_without_page_faults(kind, where):
     tuned = run_scenario(kind, where, tuning=True)
     assert tuned["applied"] is GLIBC
-    # Negative control: the same allocations without the tuning fault again. 200 MiB is 100 faults
-    # with 2 MiB transparent huge pages and 51,200 with 4 KiB pages; 700 MiB is 350 or 179,200.
     untuned = run_scenario(kind, where, tuning=False)
     assert untuned["applied"] is False
-    assert untuned["faults"] >= 90, untuned
     if GLIBC:
-        assert tuned["faults"] <= 16, tuned      # a few pages of interpreter and NumPy bookkeeping
+        # Negative control: without the tuning the same allocations fault again. 400 MiB is 200
+        # faults with 2 MiB transparent huge pages and 102,400 with 4 KiB pages; 700 MiB 350 or 179,200.
+        assert untuned["faults"] >= 180, untuned
+        assert tuned["faults"] <= 32, tuned      # measured 0; room for the interpreter's own pages
 
 
-def test_tuning_applies_once_and_can_be_turned_off(monkeypatch):
+def test_tuning_can_be_turned_off_but_not_undone(monkeypatch):
     import numgpt._malloc as M
 
-    monkeypatch.setattr(M, "_done", False)
     monkeypatch.setenv("NUMGPT_MALLOC_TUNING", "0")
+    monkeypatch.setattr(M, "_done", False)
     assert M.tune_malloc() is False
     assert M._done is False
+    # Settings already applied in this process stay applied (mallopt has no undo), and say so.
+    monkeypatch.setattr(M, "_done", True)
+    assert M.tune_malloc() is True
