@@ -9,6 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from numgpt import optim
 from numgpt.model import GPT, GPTConfig
 from numgpt.optim import (
     AdamW,
@@ -343,8 +344,9 @@ def test_accumulated_micro_batches_give_the_same_update_as_one_batch():
 def test_blocked_and_threaded_update_matches_the_plain_formula():
     # Large enough for several cache blocks and both threads, with a decay mask that is
     # all True in some blocks and mixed in others.
-    layout = [("w1", (300, 400)), ("b1", (400,)), ("w2", (200, 300)), ("g", (5000,)), ("w3", (123, 7))]
+    layout = [("w1", (700, 400)), ("b1", (400,)), ("w2", (200, 300)), ("g", (5000,)), ("w3", (123, 7))]
     n = sum(math.prod(s) for _, s in layout)
+    assert n > 2 * optim._BLOCK                     # three blocks or more, whatever the block size
     mask = decay_mask_from_layout(layout)
     rng = np.random.default_rng(4)
     start = rng.standard_normal(n)
@@ -399,10 +401,11 @@ def test_float32_update_is_the_plain_formula_in_float32_bit_for_bit():
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
 def test_adamw_over_ranges_updates_them_as_the_whole_buffer_and_leaves_the_rest(n_threads):
     # Ranges that start and stop inside cache blocks, span several blocks, and cut a decay mask.
-    layout = [("w1", (300, 400)), ("b1", (400,)), ("w2", (200, 300)), ("g", (5000,)), ("w3", (123, 7))]
+    layout = [("w1", (700, 400)), ("b1", (400,)), ("w2", (200, 300)), ("g", (5000,)), ("w3", (123, 7))]
     n = sum(math.prod(s) for _, s in layout)
+    assert n > 2 * optim._BLOCK
     mask = decay_mask_from_layout(layout)
-    ranges = [(7, 70_000), (119_950, 120_500), (125_000, n - 3)]
+    ranges = [(7, 200_000), (279_950, 280_500), (285_000, n - 3)]   # the second cuts w1 | b1 | w2
     owned = np.zeros(n, dtype=bool)
     for lo, hi in ranges:
         owned[lo:hi] = True
