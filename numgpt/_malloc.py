@@ -65,5 +65,5 @@ def tune_malloc():
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
     settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, -1))
-    _done = all([bool(mallopt(option, value)) for option, value in settings])
+    _done = all([bool(mallopt(option, value)) for option, value in settings])   # a list: every one is applied
     return _done
