@@ -45,7 +45,7 @@ def step_worker(name, steps, warmup, use_mpi):
     from numgpt._blas import set_blas_threads
     from numgpt._malloc import tune_malloc
     from numgpt.model import GPT, GPTConfig
-    from numgpt.optim import AdamW, clip_grad_norm, decay_mask_from_layout
+    from numgpt.optim import AdamW, clip_scale, decay_mask_from_layout, grad_norm
     from numgpt.parallel import DataParallel, default_processes
     from numgpt.parallel import mpi as mpi_module
 
@@ -83,8 +83,7 @@ def step_worker(name, steps, warmup, use_mpi):
             comm.Barrier()                       # the ranks start each step together
         t0 = time.perf_counter()
         dp.loss_and_grads(x, y)
-        clip_grad_norm(dp.flat_grads, 1.0)
-        opt.step()
+        opt.step(grad_scale=clip_scale(grad_norm(dp.flat_grads), 1.0))   # clipping, as numgpt train clips
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     dp.close()

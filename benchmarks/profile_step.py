@@ -4,8 +4,9 @@
     python benchmarks/profile_step.py --configs baby --threads 1 --steps 20 --json
     python benchmarks/profile_step.py --torch-python /path/to/venv/bin/python   # torch not in this Python
 
-numgpt: the step of `numgpt train` (loss and gradients, clip_grad_norm, AdamW) runs in one process
-with ONE worker and ONE BLAS thread (one core, the whole batch: no thread pool to contend), and every
+numgpt: the step of `numgpt train` (loss and gradients, the gradient's norm, AdamW with the clip
+scale) runs in one process with ONE worker and ONE BLAS thread (one core, the whole batch: no thread
+pool to contend); "clip grad norm" is then the norm alone, the scale being AdamW's. Every
 layer function the model calls through ``numgpt.layers`` is wrapped with a perf_counter timer (self
 time: a nested timed call is not counted twice). The attention layer's softmax helpers
 (``causal_softmax``, ``softmax_backward_from_probs``) are wrapped too, so that "softmax" is split from
@@ -133,7 +134,7 @@ def worker_numgpt(cfg, steps, warmup, profile):
 
     from numgpt._malloc import tune_malloc
     from numgpt.model import GPT, GPTConfig
-    from numgpt.optim import AdamW, clip_grad_norm, decay_mask_from_layout
+    from numgpt.optim import AdamW, clip_scale, decay_mask_from_layout, grad_norm
     from numgpt.parallel import DataParallel, default_processes
 
     L_, H, C, T, B, V = cfg
@@ -147,9 +148,9 @@ def worker_numgpt(cfg, steps, warmup, profile):
     timers = Timers()
     if profile:
         install_numgpt_timers(timers)
-        clip, step = timers.wrap(clip_grad_norm, "clip grad norm"), timers.wrap(opt.step, "AdamW")
+        norm_of, step = timers.wrap(grad_norm, "clip grad norm"), timers.wrap(opt.step, "AdamW")
     else:
-        clip, step = clip_grad_norm, opt.step
+        norm_of, step = grad_norm, opt.step
     rng = np.random.default_rng(0)
     totals, per_step = [], []
     for i in range(warmup + steps):
@@ -158,8 +159,7 @@ def worker_numgpt(cfg, steps, warmup, profile):
         timers.acc, timers.excluded, calls0, calls = {}, 0.0, timers.calls, 0
         t0 = time.perf_counter()
         model.loss_and_grads(x, y)
-        clip(model.flat_grads, 1.0)
-        step()
+        step(grad_scale=clip_scale(norm_of(model.flat_grads), 1.0))   # clipping, as numgpt train clips
         wall = time.perf_counter() - t0 - timers.excluded
         if i >= warmup:
             totals.append(wall)

@@ -98,7 +98,7 @@ def worker_numgpt(cfg, steps, warmup):
 
     from numgpt._malloc import tune_malloc
     from numgpt.model import GPT, GPTConfig
-    from numgpt.optim import AdamW, clip_grad_norm, decay_mask_from_layout
+    from numgpt.optim import AdamW, clip_scale, decay_mask_from_layout, grad_norm
     from numgpt.parallel import DataParallel, default_processes
 
     L, H, C, T, B, V = cfg
@@ -113,8 +113,7 @@ def worker_numgpt(cfg, steps, warmup):
         y = rng.integers(0, V, (B, T))
         t0 = time.perf_counter()
         model.loss_and_grads(x, y)
-        clip_grad_norm(model.flat_grads, 1.0)
-        opt.step()
+        opt.step(grad_scale=clip_scale(grad_norm(model.flat_grads), 1.0))   # clipping, as numgpt train clips
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     model.close()                   # joins the worker processes, so that their peak RSS is counted

@@ -238,15 +238,20 @@ class Muon:
             loads[k] += costs[i]
         self._groups = [sorted(g) for g in groups if g] or [[]]
 
-    def step(self, lr=None):
-        """One update of every parameter with learning rate ``lr`` (default ``self.lr``)."""
+    def step(self, lr=None, grad_scale=1.0):
+        """One update of every parameter with learning rate ``lr`` (default ``self.lr``), on the
+        gradients ``grad_scale * grads`` (the trainer's clipping, as in :meth:`numgpt.optim.AdamW.step`)."""
         lr = self.lr if lr is None else lr
+        if not (grad_scale > 0 and math.isfinite(grad_scale)):
+            raise ValueError(f"grad_scale must be positive and finite, got {grad_scale}")
         self.t += 1
-        run_parallel(self._step_matrices, [(group, lr) for group in self._groups])
+        run_parallel(self._step_matrices, [(group, lr, grad_scale) for group in self._groups])
 
-    def _step_matrices(self, indices, lr):
+    def _step_matrices(self, indices, lr, grad_scale=1.0):
         for i in indices:
             p, g, m = self.params[i], self.grads[i], self.buffers[i]
+            if grad_scale != 1.0:
+                g = g * grad_scale                 # a copy: the caller's gradient stays as it is
             update = muon_update(g, m, self.momentum, self.nesterov, self.steps, self.layout, self.parts[i])
             if self.weight_decay:
                 p *= 1.0 - lr * self.weight_decay

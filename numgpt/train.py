@@ -67,7 +67,7 @@ from .config import TrainConfig, load_config_file, resume_settings
 from .data import prepare_data
 from .model import GPT, GPTConfig, param_views
 from .muon import Muon, fused_parts, hidden_matrices
-from .optim import AdamW, clip_grad_norm, cosine_lr, decay_mask_from_layout, ranges_outside
+from .optim import AdamW, clip_scale, cosine_lr, decay_mask_from_layout, grad_norm, ranges_outside
 from .parallel import DataParallel, default_processes
 from .parallel.mpi import (agree, max_over_ranks, mpi_world, quiet_other_ranks, stop_job_on_error,
                            workers_per_rank)
@@ -360,16 +360,19 @@ class _Run:
             micro_loss, _ = self.dp.loss_and_grads(x, y, dropout_rng=drop_rng, accumulate=micro > 0,
                                                    loss_scale=1.0 / n_micro, sync=micro == n_micro - 1)
             loss += micro_loss / n_micro
-        norm = clip_grad_norm(model.flat_grads, cfg.grad_clip, n_threads=self.dp.n_workers)   # on the workers' threads
+        norm = grad_norm(model.flat_grads, n_threads=self.dp.n_workers)   # on the workers' threads
+        # Clipping is the optimizers' grad_scale, not a scaling pass over the buffer: the same update.
+        grad_scale = clip_scale(norm, cfg.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(norm)):
             what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {norm}"
             kept = f"the last good checkpoint {self.checkpoint_path} is kept" \
                 if os.path.exists(self.checkpoint_path) else "no checkpoint had been saved yet"
             raise _on_every_rank(TrainingError(f"non-finite {what} at iteration {self.iter_num}; training stopped "
                                                f"and {kept}. Try a smaller --learning_rate or --grad_clip."), self.dp)
-        self.optimizer.step(lr)
+        self.optimizer.step(lr, grad_scale=grad_scale)
         if self.muon is not None:      # Muon's rate follows AdamW's schedule (with learning_rate 0, both are 0)
-            self.muon.step(lr / cfg.learning_rate * cfg.muon_lr if cfg.learning_rate > 0 else 0.0)
+            self.muon.step(lr / cfg.learning_rate * cfg.muon_lr if cfg.learning_rate > 0 else 0.0,
+                           grad_scale=grad_scale)
         self.iter_num += 1
         return loss, norm
 

@@ -446,3 +446,49 @@ def test_no_matrices_and_bad_thread_counts():
     assert opt.t == 1
     with pytest.raises(ValueError, match="n_threads must be >= 1, got 0"):
         Muon([], [], n_threads=0)
+
+
+# --- the trainer's clipping: a grad_scale ------------------------------------------------------------
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_grad_scale_is_the_step_on_the_scaled_gradients(n_threads):
+    rng = np.random.default_rng(13)
+    shapes = [(16, 48), (16, 16), (64, 16)]
+    starts = [rng.standard_normal(s) for s in shapes]
+    runs = []
+    for scaled_in_place in (False, True):
+        params = [p.copy() for p in starts]
+        grads = [np.zeros_like(p) for p in params]
+        opt = Muon(params, grads, weight_decay=0.1, n_threads=n_threads)
+        g_rng = np.random.default_rng(14)
+        for step in range(3):
+            scale = 0.3 / (step + 1)
+            for g in grads:
+                g[...] = g_rng.standard_normal(g.shape) * 10.0 ** step
+            kept = [g.copy() for g in grads]
+            if scaled_in_place:
+                for g in grads:
+                    g *= scale
+                opt.step(0.01)
+            else:
+                opt.step(0.01, grad_scale=scale)
+                for g, k in zip(grads, kept):
+                    np.testing.assert_array_equal(g, k)     # the gradients are not scaled in place
+        runs.append((params, opt.state_dict()["buffers"]))
+    for a, b in zip(runs[0][0] + runs[0][1], runs[1][0] + runs[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-14)
+    # Newton-Schulz nearly forgets the gradient's scale; the momentum does not, so the scale was applied.
+    unscaled = Muon([p.copy() for p in starts], [np.ones(s) for s in shapes])
+    unscaled.step(0.01)
+    scaled = Muon([p.copy() for p in starts], [np.ones(s) for s in shapes])
+    scaled.step(0.01, grad_scale=0.5)
+    for a, b in zip(unscaled.buffers, scaled.buffers):
+        np.testing.assert_allclose(b, 0.5 * a, rtol=1e-15)
+
+
+@pytest.mark.parametrize("grad_scale", [0.0, -1.0, float("nan"), float("inf")])
+def test_grad_scale_must_be_positive_and_finite(grad_scale):
+    opt = Muon([np.zeros((4, 4))], [np.ones((4, 4))])
+    with pytest.raises(ValueError, match="grad_scale must be positive and finite, got"):
+        opt.step(0.01, grad_scale=grad_scale)
+    assert opt.t == 0

@@ -14,6 +14,7 @@ from numgpt.model import GPT, GPTConfig
 from numgpt.optim import (
     AdamW,
     clip_grad_norm,
+    clip_scale,
     cosine_lr,
     decay_mask_from_layout,
     grad_norm,
@@ -374,9 +375,11 @@ def test_blocked_and_threaded_update_matches_the_plain_formula():
     np.testing.assert_array_equal(runs[0], runs[1])
 
 
-def test_float32_update_is_the_plain_formula_in_float32_bit_for_bit():
+@pytest.mark.parametrize("grad_scale", [1.0, 0.37])
+def test_float32_update_is_the_folded_formula_in_float32_bit_for_bit(grad_scale):
     # The blocked update's scratch has the parameters' dtype: every intermediate is rounded to
-    # float32 exactly as the plain formula in float32 rounds it (a float64 scratch would not).
+    # float32 exactly as the formula below, with the same scalars folded, rounds it in float32
+    # (a float64 scratch would not).
     n = 3000
     rng = np.random.default_rng(6)
     start = rng.standard_normal(n).astype(np.float32)
@@ -387,13 +390,63 @@ def test_float32_update_is_the_plain_formula_in_float32_bit_for_bit():
     for t in range(1, 4):
         g = (rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 1, n)).astype(np.float32)
         grads[...] = g
-        opt.step()
+        opt.step(grad_scale=grad_scale)
+        np.testing.assert_array_equal(grads, g)                    # the gradient is not scaled in place
+        sqrt_bias2 = math.sqrt(1.0 - b2 ** t)
         p = p * (1.0 - lr * wd)
-        m = m * b1 + g * (1.0 - b1)
-        v = v * b2 + (g * g) * (1.0 - b2)
-        p = p - (m / (np.sqrt(v) * (1.0 / math.sqrt(1.0 - b2 ** t)) + eps)) * (lr / (1.0 - b1 ** t))
+        m = m * b1 + g * ((1.0 - b1) * grad_scale)
+        v = v * b2 + (g * g) * ((1.0 - b2) * grad_scale * grad_scale)
+        p = p - (m / (np.sqrt(v) + eps * sqrt_bias2)) * (lr * sqrt_bias2 / (1.0 - b1 ** t))
         assert p.dtype == np.float32
         np.testing.assert_array_equal(params, p)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_grad_scale_is_the_update_on_the_scaled_gradient(n_threads):
+    # Clipping as the trainer does it (a grad_scale) against clipping in place and a plain step.
+    layout = [("w1", (700, 300)), ("b1", (300,)), ("w2", (300, 200)), ("g", (5000,))]
+    n = sum(math.prod(s) for _, s in layout)
+    assert n > 2 * optim._BLOCK
+    mask = decay_mask_from_layout(layout)
+    rng = np.random.default_rng(8)
+    start = rng.standard_normal(n)
+    scaled, clipped = [start.copy(), np.zeros(n)], [start.copy(), np.zeros(n)]
+    opts = [AdamW(p, g, mask, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, n_threads=n_threads)
+            for p, g in (scaled, clipped)]
+    for step in range(4):
+        g = rng.standard_normal(n) * 10.0 ** step          # norms from about 6e2 to 6e5: always clipped
+        scaled[1][...] = g
+        clipped[1][...] = g
+        norm = grad_norm(scaled[1])
+        scale = clip_scale(norm, 1.0)
+        assert 0 < scale < 1e-2
+        opts[0].step(grad_scale=scale)
+        np.testing.assert_array_equal(scaled[1], g)
+        assert clip_grad_norm(clipped[1], 1.0) == norm
+        opts[1].step()
+        np.testing.assert_allclose(scaled[0], clipped[0], rtol=1e-12, atol=1e-15)
+        for name in ("m", "v"):       # entries near 0 after cancellation: absolute to the moment's scale
+            want = getattr(opts[1], name)
+            np.testing.assert_allclose(getattr(opts[0], name), want, rtol=1e-12, atol=1e-14 * np.abs(want).max())
+    assert not np.allclose(scaled[0], start)
+
+
+@pytest.mark.parametrize("grad_scale", [0.0, -0.5, float("nan"), float("inf")])
+def test_grad_scale_must_be_positive_and_finite(grad_scale):
+    opt = AdamW(np.zeros(4), np.ones(4))
+    with pytest.raises(ValueError, match="grad_scale must be positive and finite, got"):
+        opt.step(grad_scale=grad_scale)
+    assert opt.t == 0 and not opt.m.any()
+
+
+def test_clip_scale():
+    assert clip_scale(0.5, 1.0) == 1.0                     # below max_norm
+    assert clip_scale(1.0, 1.0) == 1.0                     # exactly max_norm: left alone
+    assert clip_scale(13.0, 1.0) == 1.0 / (13.0 + 1e-6)    # as torch.nn.utils.clip_grad_norm_
+    assert clip_scale(13.0, 0.0) == 1.0                    # clipping off
+    assert clip_scale(13.0, -1.0) == 1.0
+    assert clip_scale(float("inf"), 1.0) == 1.0            # the trainer stops on these; no scale is made up
+    assert clip_scale(float("nan"), 1.0) == 1.0
 
 
 # --- AdamW over some ranges of the buffer (the rest is Muon's) --------------------------------------

@@ -299,6 +299,31 @@ def test_non_finite_gradient_stops_before_the_update(textfile, tmp_path, monkeyp
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")      # overflow on the way to the nan
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_clipping_reaches_the_optimizers_as_their_grad_scale(textfile, tmp_path, monkeypatch, optimizer):
+    # The trainer clips by handing clip_scale(norm, grad_clip) to each optimizer's step rather than
+    # scaling the buffer; the norms logged are before clipping.
+    from numgpt.muon import Muon
+    from numgpt.optim import clip_scale
+    seen = {"AdamW": [], "Muon": []}
+    for cls in (AdamW, Muon):
+        def spy(self, lr=None, grad_scale=1.0, _step=cls.step, _name=cls.__name__):
+            seen[_name].append(grad_scale)
+            return _step(self, lr, grad_scale=grad_scale)
+        monkeypatch.setattr(cls, "step", spy)
+    out = tmp_path / "run"
+    train(tiny(textfile, out, grad_clip=0.05, optimizer=optimizer), log=quiet)
+    norms = [json.loads(line)["grad_norm"] for line in (out / METRICS_NAME).read_text(encoding="utf-8").splitlines()
+             if '"loss"' in line]
+    assert len(norms) == 12 and min(norms) > 0.05                 # every step clipped
+    assert seen["AdamW"] == pytest.approx([clip_scale(n, 0.05) for n in norms], rel=1e-12)
+    assert seen["Muon"] == (seen["AdamW"] if optimizer == "muon" else [])
+    assert all(s < 1 for s in seen["AdamW"])
+    seen["AdamW"].clear()
+    train(tiny(textfile, tmp_path / "off", grad_clip=0.0, optimizer=optimizer), log=quiet)
+    assert seen["AdamW"] == [1.0] * 12                            # clipping off: the plain step
+
+
 def test_huge_learning_rate_stops_with_training_error(textfile, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"non-finite .* at iteration \d+") as info:

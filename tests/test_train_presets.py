@@ -150,8 +150,8 @@ def test_muon_orthogonalises_q_k_v_of_c_attn_apart(textfile, tmp_path, monkeypat
 
     seen = []
     original = muon_module.Muon.step
-    monkeypatch.setattr(muon_module.Muon, "step", lambda self, lr=None: (seen.append(list(self.parts)),
-                                                                         original(self, lr))[1])
+    monkeypatch.setattr(muon_module.Muon, "step", lambda self, lr=None, grad_scale=1.0: (
+        seen.append(list(self.parts)), original(self, lr, grad_scale))[1])
     result = train(tiny(textfile, tmp_path / "m", optimizer="muon", max_iters=1), log=quiet)
     names = [name for name, _, _ in hidden_matrices(result.model.layout)]
     assert seen and seen[0] == [3 if name.endswith(".attn.c_attn.weight") else 1 for name in names]
@@ -170,7 +170,8 @@ def test_muon_learning_rate_follows_the_schedule(textfile, tmp_path, monkeypatch
 
     rates = []
     original = muon_module.Muon.step
-    monkeypatch.setattr(muon_module.Muon, "step", lambda self, lr=None: (rates.append(lr), original(self, lr))[1])
+    monkeypatch.setattr(muon_module.Muon, "step", lambda self, lr=None, grad_scale=1.0: (
+        rates.append(lr), original(self, lr, grad_scale))[1])
     cfg = tiny(textfile, tmp_path / "run", optimizer="muon", muon_lr=0.05)
     train(cfg, log=quiet)
     expected = [cosine_lr(it, cfg.learning_rate, cfg.min_lr, cfg.warmup_iters, cfg.lr_decay_iters)
