@@ -48,6 +48,7 @@ import math
 
 import numpy as np
 
+from .optim import check_grad_scale
 from .parallel.threads import default_threads, run_parallel
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -242,8 +243,7 @@ class Muon:
         """One update of every parameter with learning rate ``lr`` (default ``self.lr``), on the
         gradients ``grad_scale * grads`` (the trainer's clipping, as in :meth:`numgpt.optim.AdamW.step`)."""
         lr = self.lr if lr is None else lr
-        if not (grad_scale > 0 and math.isfinite(grad_scale)):
-            raise ValueError(f"grad_scale must be positive and finite, got {grad_scale}")
+        check_grad_scale(grad_scale)
         self.t += 1
         run_parallel(self._step_matrices, [(group, lr, grad_scale) for group in self._groups])
 

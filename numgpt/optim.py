@@ -19,6 +19,7 @@ embeddings, head, norm weights and biases) and Muon (:mod:`numgpt.muon`) the res
 """
 
 import math
+import numbers
 
 import numpy as np
 
@@ -94,8 +95,7 @@ class AdamW:
         itself is left as it is.
         """
         lr = self.lr if lr is None else lr
-        if not (grad_scale > 0 and math.isfinite(grad_scale)):
-            raise ValueError(f"grad_scale must be positive and finite, got {grad_scale}")
+        check_grad_scale(grad_scale)
         self.t += 1
         run_parallel(self._step_chunks, [(group, lr, grad_scale) for group in self._groups])
 
@@ -237,6 +237,14 @@ def _block_groups(size, parts):
     """The blocks of ``_NORM_BLOCK`` elements covering ``range(size)``, in at most ``parts`` contiguous groups."""
     blocks = [(start, min(start + _NORM_BLOCK, size), None) for start in range(0, size, _NORM_BLOCK)]
     return [[(a, b) for a, b, _ in group] for group in _split_chunks(blocks, parts)]
+
+
+def check_grad_scale(grad_scale):
+    """Raise unless ``grad_scale`` is a positive, finite real number (an optimizer step's gradient scale)."""
+    if isinstance(grad_scale, bool) or not isinstance(grad_scale, numbers.Real):
+        raise TypeError(f"grad_scale must be a real number, got {type(grad_scale).__name__} {grad_scale!r}")
+    if not (grad_scale > 0 and math.isfinite(grad_scale)):
+        raise ValueError(f"grad_scale must be positive and finite, got {grad_scale}")
 
 
 def clip_scale(norm, max_norm):

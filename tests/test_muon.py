@@ -492,3 +492,13 @@ def test_grad_scale_must_be_positive_and_finite(grad_scale):
     with pytest.raises(ValueError, match="grad_scale must be positive and finite, got"):
         opt.step(0.01, grad_scale=grad_scale)
     assert opt.t == 0
+
+
+@pytest.mark.parametrize("grad_scale", ["0.5", True, None, np.array([0.5])])
+def test_grad_scale_must_be_a_real_number(grad_scale):
+    opt = Muon([np.zeros((4, 4))], [np.ones((4, 4))])
+    with pytest.raises(TypeError, match="grad_scale must be a real number, got"):
+        opt.step(0.01, grad_scale=grad_scale)
+    assert opt.t == 0
+    opt.step(0.01, grad_scale=np.float32(0.5))     # NumPy scalars are real numbers
+    assert opt.t == 1

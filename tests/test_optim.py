@@ -438,6 +438,15 @@ def test_grad_scale_must_be_positive_and_finite(grad_scale):
         opt.step(grad_scale=grad_scale)
     assert opt.t == 0 and not opt.m.any()
 
+@pytest.mark.parametrize("grad_scale", ["0.5", True, None, np.array([0.5])])
+def test_grad_scale_must_be_a_real_number(grad_scale):
+    opt = AdamW(np.zeros(4), np.ones(4))
+    with pytest.raises(TypeError, match="grad_scale must be a real number, got"):
+        opt.step(grad_scale=grad_scale)
+    assert opt.t == 0
+    opt.step(grad_scale=np.float32(0.5))     # NumPy scalars are real numbers
+    assert opt.t == 1
+
 
 def test_clip_scale():
     assert clip_scale(0.5, 1.0) == 1.0                     # below max_norm
