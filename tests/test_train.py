@@ -298,7 +298,6 @@ def test_non_finite_gradient_stops_before_the_update(textfile, tmp_path, monkeyp
         train(tiny(textfile, tmp_path / "run", grad_clip=1.0), log=quiet)
 
 
-@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # overflow on the way to the nan
 @pytest.mark.parametrize("optimizer", ["adamw", "muon"])
 def test_clipping_reaches_the_optimizers_as_their_grad_scale(textfile, tmp_path, monkeypatch, optimizer):
     # The trainer clips by handing clip_scale(norm, grad_clip) to each optimizer's step rather than
@@ -324,6 +323,7 @@ def test_clipping_reaches_the_optimizers_as_their_grad_scale(textfile, tmp_path,
     assert seen["AdamW"] == [1.0] * 12                            # clipping off: the plain step
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")      # overflow on the way to the nan
 def test_huge_learning_rate_stops_with_training_error(textfile, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"non-finite .* at iteration \d+") as info:
