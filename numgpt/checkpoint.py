@@ -72,7 +72,7 @@ import numpy as np
 from ._atomic import atomic_writer
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "FORMAT", "CHECKPOINT_NAME",
-           "save_run", "load_run", "load_for_inference"]
+           "BEST_CHECKPOINT_NAME", "save_run", "load_run", "load_for_inference"]
 
 FORMAT_KEY = "__numgpt_format__"
 META_KEY = "__numgpt_meta__"
@@ -490,6 +490,8 @@ def _decode_meta(path: str, raw: np.ndarray) -> dict:
 # ---------------------------------------------------------------------------
 
 CHECKPOINT_NAME = "ckpt.npz"
+# The best-validation checkpoint, kept only while ckpt.npz holds a later, worse state (see numgpt.train).
+BEST_CHECKPOINT_NAME = "best.npz"
 RUN_KIND = "numgpt-run"
 
 
@@ -497,7 +499,7 @@ OPTIMIZERS = ("adamw", "muon")
 
 
 def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val_loss, rng, task=None, *,
-             muon=None, train_seconds=0.0) -> None:
+             muon=None, train_seconds=0.0, val_loss=None) -> None:
     """Everything needed to sample from or resume a run, as one atomic ``.npz``.
 
     ``train_config`` is the run's settings as a dict (or an object with
@@ -505,7 +507,8 @@ def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val
     ``optimizer`` is the AdamW (its moments: ``optim/m``, ``optim/v``); ``muon``
     the Muon of the hidden matrices, if the run has one (its momentum buffers,
     concatenated in its parameters' order: ``optim/muon_m``). ``train_seconds``
-    is the time spent in training steps so far (what ``max_time`` counts).
+    is the time spent in training steps so far (what ``max_time`` counts);
+    ``val_loss`` the validation loss of this very state, if it was evaluated.
     """
     arrays = {f"params/{name}": p for name, p in model.params.items()}
     if optimizer is not None:
@@ -524,7 +527,8 @@ def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val
         "tokenizer": tokenizer.to_state() if tokenizer is not None else None,
         "task": task,
         "iter_num": int(iter_num),
-        "best_val_loss": None if best_val_loss is None or not math.isfinite(best_val_loss) else float(best_val_loss),
+        "best_val_loss": _finite_or_none(best_val_loss),
+        "val_loss": _finite_or_none(val_loss),
         "optimizer_t": int(optimizer.t) if optimizer is not None else 0,
         "optimizer": "muon" if muon is not None else "adamw",
         "muon_t": int(muon.t) if muon is not None else 0,
@@ -532,6 +536,10 @@ def save_run(path, model, optimizer, tokenizer, train_config, iter_num, best_val
         "rng_state": rng.bit_generator.state if rng is not None else None,
     }
     save_checkpoint(path, arrays, meta)
+
+
+def _finite_or_none(x):
+    return None if x is None or not math.isfinite(x) else float(x)
 
 
 def load_run(path, dtype=None):
@@ -617,13 +625,15 @@ def _check_optimizer_state(path, meta, arrays, layout):
         raise CheckpointError(f"{path}: muon_t must be a non-negative integer, got {t!r}")
 
 
-def load_for_inference(out_dir=None, *, init_from=None, dtype=None):
+def load_for_inference(out_dir=None, *, init_from=None, dtype=None, best=False):
     """``(model, tokenizer, task)`` to sample from, the one loader of ``sample``, ``attention`` and the API.
 
     ``init_from`` names a Hugging Face GPT-2 directory (its weights and its
     tokenizer); otherwise the training checkpoint ``out_dir/ckpt.npz`` is
-    read. ``tokenizer`` is None and ``task`` a :class:`numgpt.tasks.Task` for
-    a synthetic-task run; for text runs ``task`` is None.
+    read, or with ``best`` the run's best-validation model: ``out_dir/best.npz``
+    when training went on past it, else ``ckpt.npz``, which then holds it.
+    ``tokenizer`` is None and ``task`` a :class:`numgpt.tasks.Task` for a
+    synthetic-task run; for text runs ``task`` is None.
     """
     if init_from:
         from .gpt2 import load_gpt2, load_gpt2_tokenizer
@@ -638,6 +648,8 @@ def load_for_inference(out_dir=None, *, init_from=None, dtype=None):
         return model, tokenizer, None
     out_dir = "out" if out_dir is None else os.fspath(out_dir)
     path = os.path.join(out_dir, CHECKPOINT_NAME)
+    if best and os.path.exists(os.path.join(out_dir, BEST_CHECKPOINT_NAME)):
+        path = os.path.join(out_dir, BEST_CHECKPOINT_NAME)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, f"no checkpoint in {out_dir}; train first (numgpt train --out_dir "
                                 f"{out_dir}) or give --init_from a GPT-2 directory", path)

@@ -280,13 +280,17 @@ def cmd_train(args):
 def _report_training(result, cfg):
     import signal
 
+    from .checkpoint import BEST_CHECKPOINT_NAME
+
     if result.interrupted:
         how = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name
         print(f"stopped by {how} at iteration {result.iter_num}; resume with: "
               f"numgpt train --resume --out_dir {cfg.out_dir}")
         return 128 + int(result.stop_signal)
+    best = os.path.join(os.path.dirname(result.checkpoint), BEST_CHECKPOINT_NAME)
+    kept = f"; the best val's model is {best} (numgpt sample --best)" if os.path.exists(best) else ""
     print(f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
-          f"checkpoint {result.checkpoint}")
+          f"checkpoint {result.checkpoint}{kept}")
     return 0
 
 
@@ -303,20 +307,26 @@ def cmd_prepare(args):
 
 # --- sample ----------------------------------------------------------------------------
 
-def _load_for_sampling(args):
+def _load_source(args):
+    """``load_for_inference`` for the source flags of ``sample`` and ``attention``."""
     from .checkpoint import load_for_inference
 
-    model, tokenizer, task = load_for_inference(args.out_dir, init_from=args.init_from)
+    if args.best and args.init_from:
+        raise UsageError("--best picks a checkpoint in --out_dir; it cannot go with --init_from")
+    return load_for_inference(args.out_dir, init_from=args.init_from, best=args.best)
+
+
+def _load_for_sampling(args):
+    model, tokenizer, task = _load_source(args)
     if tokenizer is None:
         raise ValueError(f"{args.out_dir} holds a synthetic-task checkpoint ({task!r}); it has no text tokenizer")
     return model, tokenizer
 
 
 def cmd_sample(args):
-    from .checkpoint import load_for_inference
     from .sample import generate_text
 
-    model, tokenizer, task = load_for_inference(args.out_dir, init_from=args.init_from)
+    model, tokenizer, task = _load_source(args)
     if task is not None:
         return _answer_task_problem(model, task, args)
     texts = generate_text(model, tokenizer, args.prompt, num_samples=args.num_samples,
@@ -430,6 +440,9 @@ def build_parser():
         p.add_argument("--out_dir", default="out", help="directory of the training checkpoint (ckpt.npz)")
         p.add_argument("--init_from", default="",
                        help="a Hugging Face GPT-2 directory to load instead of OUT_DIR's checkpoint")
+        p.add_argument("--best", action="store_true",
+                       help="load the run's best-validation model (OUT_DIR/best.npz, kept when training went on "
+                            "past it) instead of its last checkpoint")
 
     p = command("sample", "generate text from a trained checkpoint, or answer a synthetic-task problem",
                 "Generate text from a trained checkpoint. For a synthetic-task checkpoint (numgpt train "

@@ -10,8 +10,8 @@ A training run owns its ``out_dir``:
   over, with a note.  (Where ``fcntl`` is missing, a lock file whose process
   no longer runs counts as stale.)
 * **No silent replacement.** A fresh run into a directory that already holds
-  a checkpoint is refused, naming ``--resume`` (continue it) and
-  ``--overwrite`` (replace it).
+  a checkpoint (``ckpt.npz``, or the best-validation ``best.npz``) is refused,
+  naming ``--resume`` (continue it) and ``--overwrite`` (replace it).
 * **One log per run.** A fresh run starts a new ``metrics.jsonl``.  A resumed
   run first cuts the log back to the checkpoint's iteration, so that no
   iteration is logged twice: the step lines up to the checkpoint's iteration
@@ -30,7 +30,7 @@ import time
 
 from ._atomic import atomic_writer
 from ._oserror import describe_os_error as _describe
-from .checkpoint import CHECKPOINT_NAME
+from .checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME
 
 try:
     import fcntl
@@ -104,9 +104,14 @@ class RunDirectory:
         if self.resume and not exists:
             raise RunDirError(f"--resume: no checkpoint at {self.checkpoint_path}; start a fresh run without "
                               f"--resume, or give the --out_dir of the run to continue")
-        if not self.resume and exists and not self.overwrite:
-            raise RunDirError(f"{self.checkpoint_path} already holds a trained model. Continue it with "
-                              f"--resume, train into another --out_dir, or pass --overwrite to replace it")
+        if self.resume or self.overwrite:
+            return
+        # A fresh run replaces both: its first checkpoint is its best so far, and a best.npz beside it would
+        # be another run's.
+        for path in (self.checkpoint_path, os.path.join(self.out_dir, BEST_CHECKPOINT_NAME)):
+            if os.path.exists(path):
+                raise RunDirError(f"{path} already holds a trained model. Continue it with --resume, train "
+                                  f"into another --out_dir, or pass --overwrite to replace it")
 
     # --- the lock ------------------------------------------------------------------------------
 

@@ -27,6 +27,10 @@ Nothing is lost:
 
 * checkpoints are written atomically; if writing one fails (a full disk), the
   previous one stays intact and training stops with one sentence saying so;
+* the checkpoint holds the latest state (what ``--resume`` continues); when
+  that is worse on validation than an earlier one, the best is kept beside
+  it as ``best.npz`` (``numgpt sample --best``), so training past the best
+  never loses it;
 * a non-finite loss or gradient norm stops the run, naming the iteration,
   without touching the last good checkpoint;
 * SIGINT (Ctrl-C) and SIGTERM (what ``timeout``, Slurm and Kubernetes send)
@@ -60,9 +64,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._atomic import atomic_keep
 from ._blas import set_blas_threads
 from ._malloc import tune_malloc
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, load_run, save_run
+from .checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_run, save_run
 from .config import TrainConfig, load_config_file, resume_settings
 from .data import prepare_data
 from .model import GPT, GPTConfig, param_views
@@ -149,7 +154,8 @@ def _train(cfg, log, comm, stop):
                     if improved:
                         run.best_val = last_eval["val"]
                     if not cfg.eval_only and (improved or done):
-                        line += " | " + run.save("best val" if improved else "end")
+                        line += " | " + run.save("best val" if improved else "end", val_loss=last_eval["val"],
+                                                 best=improved)
                     log(line)
                 if done or cfg.eval_only:
                     break
@@ -207,6 +213,8 @@ class _Run:
         self.checkpoint_path, self.iter_num, self.best_val = checkpoint_path, iter_num, best_val
         self.train_seconds = 0.0     # time spent in training steps (evaluations and checkpoints excluded)
         self.saved_iter = None       # the iteration of the last checkpoint this run wrote
+        self.saved_is_best = False   # whether the checkpoint on disk holds the best-validation state
+        self.best_path = os.path.join(os.path.dirname(checkpoint_path), BEST_CHECKPOINT_NAME)
 
     @classmethod
     def start(cls, cfg, run_dir, log, comm=None):
@@ -346,6 +354,8 @@ class _Run:
             self.rng.bit_generator.state = meta["rng_state"]
         self.iter_num = int(meta["iter_num"])
         self.best_val = meta["best_val_loss"] if meta.get("best_val_loss") is not None else float("inf")
+        # (a checkpoint older than val_loss in its meta counts as not the best: it is not kept aside)
+        self.saved_is_best = meta.get("val_loss") is not None and meta["val_loss"] == meta.get("best_val_loss")
 
     def step(self, lr):
         """One optimizer step at learning rate ``lr``: ``(loss, gradient norm before clipping)``."""
@@ -386,21 +396,35 @@ class _Run:
             line += f" | test accuracy {accuracy:.1%}"
         return losses, accuracy, line
 
-    def save(self, reason):
+    def save(self, reason, val_loss=None, best=False):
         """Write the checkpoint; a failure leaves the previous one intact and stops training with one sentence.
 
+        ``val_loss`` is this state's validation loss if it was just evaluated,
+        ``best`` whether that is the best so far. The checkpoint is also what
+        ``--resume`` continues, so it always takes the latest state; when that
+        state is not the best and the checkpoint on disk is, the best is first
+        kept as ``best.npz`` (a hard link where the file system allows, no
+        copy), which goes again once a later best reaches the checkpoint.
         Under MPI rank 0 writes and every rank learns whether that worked.
         """
         if self.dp.comm is not None:
-            return agree(self.dp.comm, self._save if self.dp.rank == 0 else lambda reason: "", reason)
-        return self._save(reason)
+            return agree(self.dp.comm, self._save if self.dp.rank == 0 else lambda *args, **kwargs: "",
+                         reason, val_loss, best)
+        return self._save(reason, val_loss, best)
 
-    def _save(self, reason):
+    def _save(self, reason, val_loss=None, best=False):
         task = {"name": self.cfg.task} if self.cfg.task else None
+        keep_best = not best and self.saved_is_best and os.path.exists(self.checkpoint_path)
         try:
+            if keep_best:
+                atomic_keep(self.checkpoint_path, self.best_path)
             save_run(self.checkpoint_path, self.model, self.optimizer, self.tokenizer, self.cfg, self.iter_num,
-                     self.best_val, self.rng, task, muon=self.muon, train_seconds=self.train_seconds)
+                     self.best_val, self.rng, task, muon=self.muon, train_seconds=self.train_seconds,
+                     val_loss=val_loss)
         except OSError as e:
+            if keep_best:              # the checkpoint still holds the best: best.npz would only repeat it
+                with contextlib.suppress(OSError):
+                    os.unlink(self.best_path)
             try:
                 kept = f"the previous checkpoint (iteration {load_checkpoint(self.checkpoint_path)[1]['iter_num']}) " \
                        f"is intact"
@@ -410,7 +434,12 @@ class _Run:
                                 f"; {kept}. Training stopped; once the problem is fixed, continue with "
                                 f"numgpt train --resume --out_dir {self.cfg.out_dir}") from None
         self.saved_iter = self.iter_num
-        return f"saved {self.checkpoint_path} ({reason})"
+        self.saved_is_best = best
+        if best:                       # the checkpoint holds the best now; an older best.npz is superseded
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.best_path)
+        kept = f"; the best val {self.best_val:.4f} stays in {self.best_path}" if keep_best else ""
+        return f"saved {self.checkpoint_path} ({reason}){kept}"
 
 
 def _new_model(cfg, data, dtype, log):

@@ -11,6 +11,9 @@ Each test pins one promise of numgpt.train and numgpt.rundir:
   process with signals 20 ms apart);
 * a checkpoint or log that cannot be written (a full disk) keeps the previous
   checkpoint intact, leaves no temporary file and says so in one sentence;
+* the best-validation model outlives a later, worse checkpoint (the end of a
+  run, a signal) as best.npz, removed once a better state reaches ckpt.npz;
+  ``numgpt sample --best`` loads it;
 * one trainer per directory, and a lock left by a killed trainer is taken
   over with a note;
 * an unusable --out_dir is reported before any data is loaded.
@@ -27,7 +30,7 @@ import time
 import numpy as np
 import pytest
 
-from numgpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from numgpt.checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_for_inference, load_run
 from numgpt.cli import main
 from numgpt.config import TrainConfig
 from numgpt.parallel import DataParallel
@@ -37,6 +40,7 @@ from numgpt.train import TrainingError, train
 from test_train import english_text, quiet, tiny
 
 train_module = importlib.import_module("numgpt.train")     # the module (numgpt.train is also the function)
+checkpoint_module = importlib.import_module("numgpt.checkpoint")
 
 
 @pytest.fixture
@@ -247,7 +251,9 @@ def test_a_real_trainer_survives_two_signals_20_ms_apart(textfile, tmp_path, sig
     assert "numgpt train --resume --out_dir" in stdout and "Traceback" not in stderr
     saved = checkpoint_iter(out)
     assert saved == max(e["iter"] for e in metrics_of(out)) >= 3
-    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+    # the signal's checkpoint replaced the evaluated one of iteration 0, which stays as best.npz
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, METRICS_NAME])
+    assert load_checkpoint(out / BEST_CHECKPOINT_NAME)[1]["iter_num"] == 0
 
 
 # --- 4. a full disk --------------------------------------------------------------------------------------
@@ -273,6 +279,170 @@ def test_a_failing_metrics_write_is_one_sentence(textfile, tmp_path, monkeypatch
         train(tiny(textfile, out), log=quiet)
     assert checkpoint_iter(out) == 0
     assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+
+
+# --- 6. training past the best keeps it ---------------------------------------------------------------------
+
+def _scripted_val(monkeypatch, val_at):
+    """Make the evaluation at iteration i report validation loss ``val_at[i]``; returns ``{i: parameters}`` then."""
+    real_evaluate = train_module._Run.evaluate
+    params_at = {}
+
+    def evaluate(self):
+        losses, accuracy, line = real_evaluate(self)
+        params_at[self.iter_num] = self.model.flat_params.copy()
+        return {**losses, "val": val_at[self.iter_num]}, accuracy, line
+
+    monkeypatch.setattr(train_module._Run, "evaluate", evaluate)
+    return params_at
+
+
+def _run_meta(path):
+    model, _, meta, _ = load_run(path)
+    return model.flat_params, meta
+
+
+def test_a_worse_end_keeps_the_best_model_in_best_npz(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6})
+    lines = []
+    inode = {}
+    real_save = train_module._Run._save
+
+    def save(self, *args, **kwargs):
+        inode[self.iter_num] = os.stat(out / CHECKPOINT_NAME).st_ino if self.iter_num else None
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(train_module._Run, "_save", save)
+    result = train(tiny(textfile, out), log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, METRICS_NAME])
+    assert os.stat(out / BEST_CHECKPOINT_NAME).st_ino == inode[12]      # a hard link to it: no copy made
+    best_params, best_meta = _run_meta(out / BEST_CHECKPOINT_NAME)
+    np.testing.assert_array_equal(best_params, params_at[4])
+    assert (best_meta["iter_num"], best_meta["val_loss"], best_meta["best_val_loss"]) == (4, 2.0, 2.0)
+    last_params, last_meta = _run_meta(out / CHECKPOINT_NAME)        # what --resume continues: the end
+    np.testing.assert_array_equal(last_params, result.model.flat_params)
+    assert (last_meta["iter_num"], last_meta["val_loss"], last_meta["best_val_loss"]) == (12, 2.6, 2.0)
+    assert lines[-1].endswith(f"saved {out / CHECKPOINT_NAME} (end); the best val 2.0000 stays in "
+                              f"{out / BEST_CHECKPOINT_NAME}")
+    # the iteration-8 evaluation was worse and saved nothing, so the best was kept once, at the end
+    assert sum("stays in" in line for line in lines) == 1
+    np.testing.assert_array_equal(load_for_inference(out, best=True)[0].flat_params, params_at[4])
+    np.testing.assert_array_equal(load_for_inference(out)[0].flat_params, params_at[12])
+
+
+def test_best_npz_lasts_until_a_better_checkpoint_replaces_it(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6, 16: 2.4, 20: 2.2, 24: 1.5})
+    train(tiny(textfile, out), log=quiet)
+    kept = (out / BEST_CHECKPOINT_NAME).read_bytes()
+    # Resumed twice past worse evaluations: the checkpoint on disk was not the best, so best.npz is untouched.
+    train(tiny(textfile, out, resume=True, max_iters=16, lr_decay_iters=24), log=quiet)
+    train(tiny(textfile, out, resume=True, max_iters=20, lr_decay_iters=24), log=quiet)
+    assert (out / BEST_CHECKPOINT_NAME).read_bytes() == kept
+    assert _run_meta(out / CHECKPOINT_NAME)[1]["iter_num"] == 20
+    # A new best reaches the checkpoint: best.npz would now hold a worse model, and goes.
+    result = train(tiny(textfile, out, resume=True, max_iters=24, lr_decay_iters=24), log=quiet)
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+    _, meta = _run_meta(out / CHECKPOINT_NAME)
+    assert (meta["iter_num"], meta["val_loss"], meta["best_val_loss"]) == (24, 1.5, 1.5)
+    np.testing.assert_array_equal(load_for_inference(out, best=True)[0].flat_params, result.model.flat_params)
+
+
+def test_a_signal_after_the_best_keeps_it(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6})
+    _signals_at(monkeypatch, 5, [signal.SIGINT])
+    stopped = train(tiny(textfile, out), log=quiet)
+    assert stopped.interrupted and checkpoint_iter(out) == 6
+    np.testing.assert_array_equal(_run_meta(out / BEST_CHECKPOINT_NAME)[0], params_at[4])
+    assert _run_meta(out / CHECKPOINT_NAME)[1]["val_loss"] is None         # not evaluated at iteration 6
+
+
+def test_best_npz_is_copied_where_hard_links_are_refused(textfile, tmp_path, monkeypatch):
+    links = []
+
+    def refuse(src, dst, *args, **kwargs):
+        links.append(dst)
+        raise PermissionError(1, "Operation not permitted")
+
+    out = tmp_path / "run"
+    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6})
+    monkeypatch.setattr(os, "link", refuse)
+    train(tiny(textfile, out), log=quiet)
+    assert len(links) == 1
+    np.testing.assert_array_equal(_run_meta(out / BEST_CHECKPOINT_NAME)[0], params_at[4])
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, METRICS_NAME])
+
+
+def test_a_failed_end_save_leaves_the_best_in_the_checkpoint(textfile, tmp_path, monkeypatch):
+    # The disk fills up while the end is written: ckpt.npz still holds the best, and no best.npz repeats it.
+    out = tmp_path / "run"
+    _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6})
+    real_write_array = np.lib.format.write_array
+    state = {"fail_at_iter": 12, "before": None}
+    run_iter = {"n": 0}
+    real_save = train_module._Run._save
+
+    def save(self, *args, **kwargs):
+        run_iter["n"] = self.iter_num
+        if self.iter_num == state["fail_at_iter"]:
+            state["before"] = (out / CHECKPOINT_NAME).read_bytes()
+        return real_save(self, *args, **kwargs)
+
+    def write_array(*args, **kwargs):
+        if run_iter["n"] == state["fail_at_iter"]:
+            raise OSError(28, "No space left on device")
+        return real_write_array(*args, **kwargs)
+
+    monkeypatch.setattr(train_module._Run, "_save", save)
+    monkeypatch.setattr(np.lib.format, "write_array", write_array)
+    with pytest.raises(TrainingError, match="could not save the checkpoint at iteration 12: the disk is full"):
+        train(tiny(textfile, out), log=quiet)
+    assert (out / CHECKPOINT_NAME).read_bytes() == state["before"]
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+    assert _run_meta(out / CHECKPOINT_NAME)[1]["iter_num"] == 4
+
+
+def test_a_fresh_run_is_refused_over_a_best_npz(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6})
+    train(tiny(textfile, out), log=quiet)
+    (out / CHECKPOINT_NAME).unlink()             # the user removed the last checkpoint, not the best one
+    kept = (out / BEST_CHECKPOINT_NAME).read_bytes()
+    with pytest.raises(RunDirError, match=f"{out / BEST_CHECKPOINT_NAME} already holds a trained model.*--overwrite"):
+        train(tiny(textfile, out), log=quiet)
+    assert (out / BEST_CHECKPOINT_NAME).read_bytes() == kept
+    monkeypatch.undo()
+    train(tiny(textfile, out, overwrite=True), log=quiet)     # a new run's first checkpoint is its best
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+
+
+def test_sample_best_loads_best_npz(textfile, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 2.5, 12: 2.6})
+    assert main(["train", "--data", str(textfile), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
+                 "--block_size", "16", "--batch_size", "4", "--max_iters", "12", "--eval_interval", "4",
+                 "--eval_iters", "1", "--sample_tokens", "0", "--out_dir", str(out)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"checkpoint {out / CHECKPOINT_NAME}; the best val's model is {out / BEST_CHECKPOINT_NAME} "
+        f"(numgpt sample --best)")
+    loaded = []
+    real_load = checkpoint_module.load_for_inference
+
+    def spy(*args, **kwargs):
+        source = real_load(*args, **kwargs)
+        loaded.append(source[0].flat_params)
+        return source
+
+    monkeypatch.setattr(checkpoint_module, "load_for_inference", spy)
+    assert main(["sample", "--out_dir", str(out), "--best", "--max_new_tokens", "5"]) == 0
+    assert main(["sample", "--out_dir", str(out), "--max_new_tokens", "5"]) == 0
+    np.testing.assert_array_equal(loaded[0], params_at[4])
+    np.testing.assert_array_equal(loaded[1], params_at[12])
+    capsys.readouterr()
+    assert main(["sample", "--out_dir", str(out), "--best", "--init_from", str(tmp_path)]) == 2
+    assert "--best picks a checkpoint in --out_dir; it cannot go with --init_from" in capsys.readouterr().err
 
 
 # --- 5. one trainer per directory -------------------------------------------------------------------------

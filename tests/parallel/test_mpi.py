@@ -34,7 +34,7 @@ import time
 import numpy as np
 import pytest
 
-from numgpt.checkpoint import CHECKPOINT_NAME, load_checkpoint
+from numgpt.checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint
 from numgpt.config import TrainConfig
 from numgpt.parallel import mpi
 from numgpt.rundir import METRICS_NAME
@@ -280,7 +280,9 @@ def test_a_signal_to_mpiexec_stops_every_rank_at_one_iteration_and_saves(textfil
     saved = load_checkpoint(out / CHECKPOINT_NAME)[1]["iter_num"]
     entries = [json.loads(line) for line in (out / METRICS_NAME).read_text().splitlines()]
     assert saved == max(e["iter"] for e in entries) >= 3
-    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+    # rank 0 kept the evaluated checkpoint of iteration 0 aside before the signal's replaced it
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, METRICS_NAME])
+    assert load_checkpoint(out / BEST_CHECKPOINT_NAME)[1]["iter_num"] == 0
 
 
 @pytest.mark.timeout(2 * DEADLINE, method="thread")
