@@ -654,6 +654,15 @@ def load_for_inference(out_dir=None, *, init_from=None, dtype=None, best=False):
         raise FileNotFoundError(errno.ENOENT, f"no checkpoint in {out_dir}; train first (numgpt train --out_dir "
                                 f"{out_dir}) or give --init_from a GPT-2 directory", path)
     model, tokenizer, meta, _ = load_run(path, dtype=dtype)
+    val, best_val = meta.get("val_loss"), meta.get("best_val_loss")
+    # Only a removed best.npz gets here (a checkpoint from before val_loss was recorded cannot tell).
+    if best and path.endswith(CHECKPOINT_NAME) and "val_loss" in meta and val != best_val:
+        state = "not evaluated" if val is None else f"val {val:.4f}"
+        raise FileNotFoundError(errno.ENOENT, f"{os.path.join(out_dir, BEST_CHECKPOINT_NAME)} is missing: {path} "
+                                f"holds iteration {meta['iter_num']} ({state}), not the run's best (val "
+                                f"{best_val if best_val is None else format(best_val, '.4f')}); leave out --best "
+                                f"to use it",
+                                os.path.join(out_dir, BEST_CHECKPOINT_NAME))
     task = None
     if tokenizer is None:
         from .tasks import make_task

@@ -443,6 +443,13 @@ def test_sample_best_loads_best_npz(textfile, tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["sample", "--out_dir", str(out), "--best", "--init_from", str(tmp_path)]) == 2
     assert "--best picks a checkpoint in --out_dir; it cannot go with --init_from" in capsys.readouterr().err
+    # best.npz removed by hand: --best says the checkpoint is not the best rather than load it quietly
+    (out / BEST_CHECKPOINT_NAME).unlink()
+    assert main(["sample", "--out_dir", str(out), "--best", "--max_new_tokens", "5"]) == 1
+    err = capsys.readouterr().err
+    assert (f"{out / BEST_CHECKPOINT_NAME} is missing: {out / CHECKPOINT_NAME} holds iteration 12 (val 2.6000), "
+            f"not the run's best (val 2.0000); leave out --best to use it") in err and "Traceback" not in err
+    assert len(loaded) == 2
 
 
 # --- 5. one trainer per directory -------------------------------------------------------------------------
