@@ -288,7 +288,7 @@ def _report_training(result, cfg):
               f"numgpt train --resume --out_dir {cfg.out_dir}")
         return 128 + int(result.stop_signal)
     best = os.path.join(os.path.dirname(result.checkpoint), BEST_CHECKPOINT_NAME)
-    kept = f"; the best val's model is {best} (numgpt sample --best)" if os.path.exists(best) else ""
+    kept = f"; the model with the best val loss is in {best} (numgpt sample --best)" if os.path.exists(best) else ""
     print(f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
           f"checkpoint {result.checkpoint}{kept}")
     return 0

@@ -425,7 +425,7 @@ def test_sample_best_loads_best_npz(textfile, tmp_path, monkeypatch, capsys):
                  "--block_size", "16", "--batch_size", "4", "--max_iters", "12", "--eval_interval", "4",
                  "--eval_iters", "1", "--sample_tokens", "0", "--out_dir", str(out)]) == 0
     assert capsys.readouterr().out.rstrip().endswith(
-        f"checkpoint {out / CHECKPOINT_NAME}; the best val's model is {out / BEST_CHECKPOINT_NAME} "
+        f"checkpoint {out / CHECKPOINT_NAME}; the model with the best val loss is in {out / BEST_CHECKPOINT_NAME} "
         f"(numgpt sample --best)")
     loaded = []
     real_load = checkpoint_module.load_for_inference
