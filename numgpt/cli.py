@@ -280,15 +280,13 @@ def cmd_train(args):
 def _report_training(result, cfg):
     import signal
 
-    from .checkpoint import BEST_CHECKPOINT_NAME
-
     if result.interrupted:
         how = "Ctrl-C" if result.stop_signal == signal.SIGINT else signal.Signals(result.stop_signal).name
         print(f"stopped by {how} at iteration {result.iter_num}; resume with: "
               f"numgpt train --resume --out_dir {cfg.out_dir}")
         return 128 + int(result.stop_signal)
-    best = os.path.join(os.path.dirname(result.checkpoint), BEST_CHECKPOINT_NAME)
-    kept = f"; the model with the best val loss is in {best} (numgpt sample --best)" if os.path.exists(best) else ""
+    kept = f"; the model with the best val loss is in {result.best_checkpoint} (numgpt sample --best)" \
+        if result.best_checkpoint else ""
     print(f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
           f"checkpoint {result.checkpoint}{kept}")
     return 0

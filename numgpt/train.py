@@ -100,6 +100,7 @@ class TrainResult:
     samples: list = None
     accuracy: float = None
     stop_signal: int = None      # signal.SIGINT or signal.SIGTERM if one stopped the run
+    best_checkpoint: str = None  # best.npz when the checkpoint is not the best-validation state, else None
 
 
 def train(cfg, log=print, *, stop=None):
@@ -195,7 +196,8 @@ def _train(cfg, log, comm, stop):
                                 temperature=0.8, top_k=None, seed=cfg.seed)
         log("sample:\n" + samples[0])
     return TrainResult(model, run.tokenizer, run.iter_num, run.best_val, last_eval, losses, run_dir.checkpoint_path,
-                       stop_signal is not None, samples, accuracy, stop_signal)
+                       stop_signal is not None, samples, accuracy, stop_signal,
+                       run.best_path if os.path.exists(run.best_path) else None)
 
 
 class _Run:

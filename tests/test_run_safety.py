@@ -317,6 +317,7 @@ def test_a_worse_end_keeps_the_best_model_in_best_npz(textfile, tmp_path, monkey
     result = train(tiny(textfile, out), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, METRICS_NAME])
     assert os.stat(out / BEST_CHECKPOINT_NAME).st_ino == inode[12]      # a hard link to it: no copy made
+    assert result.best_checkpoint == str(out / BEST_CHECKPOINT_NAME)
     best_params, best_meta = _run_meta(out / BEST_CHECKPOINT_NAME)
     np.testing.assert_array_equal(best_params, params_at[4])
     assert (best_meta["iter_num"], best_meta["val_loss"], best_meta["best_val_loss"]) == (4, 2.0, 2.0)
@@ -343,7 +344,7 @@ def test_best_npz_lasts_until_a_better_checkpoint_replaces_it(textfile, tmp_path
     assert _run_meta(out / CHECKPOINT_NAME)[1]["iter_num"] == 20
     # A new best reaches the checkpoint: best.npz would now hold a worse model, and goes.
     result = train(tiny(textfile, out, resume=True, max_iters=24, lr_decay_iters=24), log=quiet)
-    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
+    assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME]) and result.best_checkpoint is None
     _, meta = _run_meta(out / CHECKPOINT_NAME)
     assert (meta["iter_num"], meta["val_loss"], meta["best_val_loss"]) == (24, 1.5, 1.5)
     np.testing.assert_array_equal(load_for_inference(out, best=True)[0].flat_params, result.model.flat_params)
