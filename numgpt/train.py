@@ -216,6 +216,7 @@ class _Run:
         self.train_seconds = 0.0     # time spent in training steps (evaluations and checkpoints excluded)
         self.saved_iter = None       # the iteration of the last checkpoint this run wrote
         self.saved_is_best = False   # whether the checkpoint on disk holds the best-validation state
+        self.saved_is_legacy = False  # whether it predates recorded val losses (so might hold the best)
         self.best_path = os.path.join(os.path.dirname(checkpoint_path), BEST_CHECKPOINT_NAME)
 
     @classmethod
@@ -356,8 +357,10 @@ class _Run:
             self.rng.bit_generator.state = meta["rng_state"]
         self.iter_num = int(meta["iter_num"])
         self.best_val = meta["best_val_loss"] if meta.get("best_val_loss") is not None else float("inf")
-        # (a checkpoint older than val_loss in its meta counts as not the best: it is not kept aside)
         self.saved_is_best = meta.get("val_loss") is not None and meta["val_loss"] == meta.get("best_val_loss")
+        # A checkpoint from before val_loss was recorded cannot tell whether it holds its run's best
+        # (that code saved at every new best and at the end), so it is kept aside like a best.
+        self.saved_is_legacy = "val_loss" not in meta
 
     def step(self, lr):
         """One optimizer step at learning rate ``lr``: ``(loss, gradient norm before clipping)``."""
@@ -416,7 +419,7 @@ class _Run:
 
     def _save(self, reason, val_loss=None, best=False):
         task = {"name": self.cfg.task} if self.cfg.task else None
-        keep_best = not best and self.saved_is_best and os.path.exists(self.checkpoint_path)
+        keep_best = not best and (self.saved_is_best or self.saved_is_legacy) and os.path.exists(self.checkpoint_path)
         try:
             if keep_best:
                 atomic_keep(self.checkpoint_path, self.best_path)
@@ -436,11 +439,16 @@ class _Run:
                                 f"; {kept}. Training stopped; once the problem is fixed, continue with "
                                 f"numgpt train --resume --out_dir {self.cfg.out_dir}") from None
         self.saved_iter = self.iter_num
-        self.saved_is_best = best
+        kept_legacy = keep_best and self.saved_is_legacy
+        self.saved_is_best, self.saved_is_legacy = best, False
         if best:                       # the checkpoint holds the best now; an older best.npz is superseded
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.best_path)
-        kept = f"; the best val {self.best_val:.4f} stays in {self.best_path}" if keep_best else ""
+        kept = ""
+        if kept_legacy:
+            kept = f"; the checkpoint resumed from (older than recorded val losses) stays in {self.best_path}"
+        elif keep_best:
+            kept = f"; the best val {self.best_val:.4f} stays in {self.best_path}"
         return f"saved {self.checkpoint_path} ({reason}){kept}"
 
 

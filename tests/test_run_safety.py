@@ -19,6 +19,7 @@ Each test pins one promise of numgpt.train and numgpt.rundir:
 * an unusable --out_dir is reported before any data is loaded.
 """
 
+import contextlib
 import importlib
 import json
 import os
@@ -30,7 +31,8 @@ import time
 import numpy as np
 import pytest
 
-from numgpt.checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_for_inference, load_run
+from numgpt.checkpoint import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_for_inference, load_run,
+                              save_checkpoint)
 from numgpt.cli import main
 from numgpt.config import TrainConfig
 from numgpt.parallel import DataParallel
@@ -403,6 +405,49 @@ def test_a_failed_end_save_leaves_the_best_in_the_checkpoint(textfile, tmp_path,
     assert (out / CHECKPOINT_NAME).read_bytes() == state["before"]
     assert sorted(os.listdir(out)) == sorted([CHECKPOINT_NAME, METRICS_NAME])
     assert _run_meta(out / CHECKPOINT_NAME)[1]["iter_num"] == 4
+
+
+def _make_legacy(path):
+    """Rewrite a checkpoint as the code before recorded val losses wrote it: no ``val_loss`` in its meta."""
+    arrays, meta = load_checkpoint(path)
+    del meta["val_loss"]
+    save_checkpoint(path, arrays, meta)
+
+
+@pytest.mark.parametrize("legacy_val", [2.0, 2.3])    # the legacy checkpoint held its run's best, or an end past it
+def test_a_legacy_checkpoint_resumed_past_is_kept_aside(textfile, tmp_path, monkeypatch, legacy_val):
+    out = tmp_path / "run"
+    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.2, 8: legacy_val, 12: 2.5, 16: 2.6})
+    first = train(tiny(textfile, out, max_iters=8, lr_decay_iters=16), log=quiet)
+    assert (out / BEST_CHECKPOINT_NAME).exists() == (legacy_val != 2.0)
+    with contextlib.suppress(FileNotFoundError):
+        (out / BEST_CHECKPOINT_NAME).unlink()        # the old code kept no best.npz
+    _make_legacy(out / CHECKPOINT_NAME)
+    legacy = (out / CHECKPOINT_NAME).read_bytes()
+    lines = []
+    train(tiny(textfile, out, resume=True, max_iters=16, lr_decay_iters=16),
+          log=lambda *a: lines.append(" ".join(map(str, a))))
+    # Neither resumed evaluation beat the recorded best (2.0 or 2.2), so the end replaced the checkpoint resumed
+    # from; whether or not that held the best, it is kept, as it was on disk.
+    assert (out / BEST_CHECKPOINT_NAME).read_bytes() == legacy
+    np.testing.assert_array_equal(_run_meta(out / BEST_CHECKPOINT_NAME)[0], first.model.flat_params)
+    np.testing.assert_array_equal(load_for_inference(out, best=True)[0].flat_params, params_at[8])
+    assert _run_meta(out / CHECKPOINT_NAME)[1]["iter_num"] == 16
+    assert lines[-1].endswith(f"(end); the checkpoint resumed from (older than recorded val losses) stays in "
+                              f"{out / BEST_CHECKPOINT_NAME}")
+
+
+def test_a_legacy_checkpoint_gives_way_to_a_new_best(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    _scripted_val(monkeypatch, {0: 3.0, 4: 2.0, 8: 1.5, 12: 2.5})
+    train(tiny(textfile, out, max_iters=4, lr_decay_iters=12), log=quiet)
+    _make_legacy(out / CHECKPOINT_NAME)
+    result = train(tiny(textfile, out, resume=True, max_iters=12, lr_decay_iters=12), log=quiet)
+    # The new best (1.5 < the recorded 2.0) reached the checkpoint first: it is better than anything the
+    # legacy file held, so nothing older is kept; the worse end then keeps that best as usual.
+    meta = _run_meta(out / BEST_CHECKPOINT_NAME)[1]
+    assert (meta["iter_num"], meta["val_loss"], meta["best_val_loss"]) == (8, 1.5, 1.5)
+    assert result.best_checkpoint == str(out / BEST_CHECKPOINT_NAME)
 
 
 def test_a_fresh_run_is_refused_over_a_best_npz(textfile, tmp_path, monkeypatch):
