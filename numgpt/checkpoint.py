@@ -216,6 +216,16 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
     (see "What loading guarantees" in the module docstring).  Nothing is
     ever unpickled.
     """
+    return _load(path, with_arrays=True)
+
+
+def load_checkpoint_meta(path) -> dict:
+    """The metadata of a checkpoint alone, with the same checks as :func:`load_checkpoint`
+    on the archive's directory but without reading the arrays (a GPT-2 run's are gigabytes)."""
+    return _load(path, with_arrays=False)[1]
+
+
+def _load(path, with_arrays: bool) -> tuple[dict[str, np.ndarray], dict]:
     path = os.fspath(path)
     try:
         f = open(path, "rb")
@@ -235,7 +245,7 @@ def load_checkpoint(path) -> tuple[dict[str, np.ndarray], dict]:
             ) from None
         with archive:
             _check_member_count(path, f, file_size, archive)
-            return _read_archive(path, archive, file_size)
+            return _read_archive(path, archive, file_size, with_arrays)
 
 
 # The records at the end of a zip archive (see PKWARE's APPNOTE.TXT): the
@@ -285,7 +295,7 @@ def _check_member_count(path: str, f, file_size: int, archive: zipfile.ZipFile) 
 
 
 def _read_archive(
-    path: str, archive: zipfile.ZipFile, file_size: int
+    path: str, archive: zipfile.ZipFile, file_size: int, with_arrays: bool = True
 ) -> tuple[dict[str, np.ndarray], dict]:
     infos = {}
     for info in archive.infolist():
@@ -312,6 +322,8 @@ def _read_archive(
         raise CheckpointError(f"{path}: checkpoint has no {META_KEY!r} entry")
     meta = _decode_meta(path, _read_member(path, archive, infos.pop(META_KEY), META_KEY))
 
+    if not with_arrays:
+        return {}, meta
     arrays = {name: _read_member(path, archive, info, name) for name, info in infos.items()}
     return arrays, meta
 

@@ -285,8 +285,12 @@ def _report_training(result, cfg):
         print(f"stopped by {how} at iteration {result.iter_num}; resume with: "
               f"numgpt train --resume --out_dir {cfg.out_dir}")
         return 128 + int(result.stop_signal)
-    kept = f"; the model with the best val loss is in {result.best_checkpoint} (numgpt sample --best)" \
-        if result.best_checkpoint else ""
+    kept = ""
+    if result.best_is_legacy:          # kept on resume; its own val loss was never recorded
+        kept = f"; the checkpoint resumed from (older than recorded val losses) is in {result.best_checkpoint} " \
+               f"(numgpt sample --best)"
+    elif result.best_checkpoint:
+        kept = f"; the model with the best val loss is in {result.best_checkpoint} (numgpt sample --best)"
     print(f"done: {result.iter_num} iterations, best val loss {result.best_val_loss:.4f}, "
           f"checkpoint {result.checkpoint}{kept}")
     return 0

@@ -67,7 +67,7 @@ import numpy as np
 from ._atomic import atomic_keep
 from ._blas import set_blas_threads
 from ._malloc import tune_malloc
-from .checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_run, save_run
+from .checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_checkpoint_meta, load_run, save_run
 from .config import TrainConfig, load_config_file, resume_settings
 from .data import prepare_data
 from .model import GPT, GPTConfig, param_views
@@ -101,6 +101,7 @@ class TrainResult:
     accuracy: float = None
     stop_signal: int = None      # signal.SIGINT or signal.SIGTERM if one stopped the run
     best_checkpoint: str = None  # best.npz when the checkpoint is not the best-validation state, else None
+    best_is_legacy: bool = False  # best.npz is a checkpoint resumed from that predates recorded val losses
 
 
 def train(cfg, log=print, *, stop=None):
@@ -195,9 +196,18 @@ def _train(cfg, log, comm, stop):
         samples = generate_text(model, run.tokenizer, "", num_samples=1, max_new_tokens=cfg.sample_tokens,
                                 temperature=0.8, top_k=None, seed=cfg.seed)
         log("sample:\n" + samples[0])
+    best_checkpoint = run.best_path if os.path.exists(run.best_path) else None
     return TrainResult(model, run.tokenizer, run.iter_num, run.best_val, last_eval, losses, run_dir.checkpoint_path,
-                       stop_signal is not None, samples, accuracy, stop_signal,
-                       run.best_path if os.path.exists(run.best_path) else None)
+                       stop_signal is not None, samples, accuracy, stop_signal, best_checkpoint,
+                       best_checkpoint is not None and _is_legacy(best_checkpoint))
+
+
+def _is_legacy(path):
+    """Whether the checkpoint at ``path`` predates recorded val losses, so its own val loss is unknown."""
+    try:
+        return "val_loss" not in load_checkpoint_meta(path)
+    except (OSError, ValueError):     # unreadable now: claim nothing about it
+        return False
 
 
 class _Run:

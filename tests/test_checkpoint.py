@@ -13,12 +13,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import numgpt.checkpoint as checkpoint_module
 from numgpt.checkpoint import (
     FORMAT,
     FORMAT_KEY,
     META_KEY,
     CheckpointError,
     load_checkpoint,
+    load_checkpoint_meta,
     save_checkpoint,
 )
 
@@ -310,6 +312,32 @@ def test_bad_json_meta_is_refused(tmp_path, raw, pattern):
     path = tmp_path / "ckpt.npz"
     write_npz(path, {FORMAT_KEY: np.array(FORMAT), META_KEY: np.frombuffer(raw, dtype=np.uint8)})
     assert_refused(path, pattern)
+
+
+def test_meta_alone_reads_no_array_and_refuses_damage_as_load_does(tmp_path, monkeypatch):
+    path = saved_checkpoint(tmp_path)
+    read = []
+    real_read = checkpoint_module._read_member
+
+    def spy(path, archive, info, name):
+        read.append(name)
+        return real_read(path, archive, info, name)
+
+    monkeypatch.setattr(checkpoint_module, "_read_member", spy)
+    assert load_checkpoint_meta(path) == load_checkpoint(path)[1] == sample_meta()
+    assert read[:2] == [FORMAT_KEY, META_KEY] and len(read) == 2 + 2 + len(sample_arrays())
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])
+    with pytest.raises(CheckpointError, match="not a zip/npz archive"):
+        load_checkpoint_meta(path)
+    np.savez(path, weight=np.ones(3))
+    with pytest.raises(CheckpointError, match="not a numgpt checkpoint.*foreign"):
+        load_checkpoint_meta(path)
+    write_npz(path, {FORMAT_KEY: np.array(FORMAT), META_KEY: np.frombuffer(b"[1]", dtype=np.uint8)})
+    with pytest.raises(CheckpointError, match="must be a JSON object"):
+        load_checkpoint_meta(path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_checkpoint_meta(tmp_path / "nope.npz")
 
 
 def test_missing_or_mistyped_meta_is_refused(tmp_path):

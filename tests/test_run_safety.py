@@ -415,9 +415,9 @@ def _make_legacy(path):
 
 
 @pytest.mark.parametrize("legacy_val", [2.0, 2.3])    # the legacy checkpoint held its run's best, or an end past it
-def test_a_legacy_checkpoint_resumed_past_is_kept_aside(textfile, tmp_path, monkeypatch, legacy_val):
+def test_a_legacy_checkpoint_resumed_past_is_kept_aside(textfile, tmp_path, monkeypatch, capsys, legacy_val):
     out = tmp_path / "run"
-    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.2, 8: legacy_val, 12: 2.5, 16: 2.6})
+    params_at = _scripted_val(monkeypatch, {0: 3.0, 4: 2.2, 8: legacy_val, 12: 2.5, 16: 2.6, 20: 2.8})
     first = train(tiny(textfile, out, max_iters=8, lr_decay_iters=16), log=quiet)
     assert (out / BEST_CHECKPOINT_NAME).exists() == (legacy_val != 2.0)
     with contextlib.suppress(FileNotFoundError):
@@ -425,8 +425,8 @@ def test_a_legacy_checkpoint_resumed_past_is_kept_aside(textfile, tmp_path, monk
     _make_legacy(out / CHECKPOINT_NAME)
     legacy = (out / CHECKPOINT_NAME).read_bytes()
     lines = []
-    train(tiny(textfile, out, resume=True, max_iters=16, lr_decay_iters=16),
-          log=lambda *a: lines.append(" ".join(map(str, a))))
+    result = train(tiny(textfile, out, resume=True, max_iters=16, lr_decay_iters=16),
+                   log=lambda *a: lines.append(" ".join(map(str, a))))
     # Neither resumed evaluation beat the recorded best (2.0 or 2.2), so the end replaced the checkpoint resumed
     # from; whether or not that held the best, it is kept, as it was on disk.
     assert (out / BEST_CHECKPOINT_NAME).read_bytes() == legacy
@@ -435,6 +435,14 @@ def test_a_legacy_checkpoint_resumed_past_is_kept_aside(textfile, tmp_path, monk
     assert _run_meta(out / CHECKPOINT_NAME)[1]["iter_num"] == 16
     assert lines[-1].endswith(f"(end); the checkpoint resumed from (older than recorded val losses) stays in "
                               f"{out / BEST_CHECKPOINT_NAME}")
+    assert (result.best_checkpoint, result.best_is_legacy) == (str(out / BEST_CHECKPOINT_NAME), True)
+    # A further resume with no new best leaves it there, and the CLI's closing line still does not call it
+    # the best-validation model: its own val loss was never recorded.
+    assert main(["train", "--resume", "--out_dir", str(out), "--max_iters", "20", "--sample_tokens", "0"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        f"checkpoint {out / CHECKPOINT_NAME}; the checkpoint resumed from (older than recorded val losses) is in "
+        f"{out / BEST_CHECKPOINT_NAME} (numgpt sample --best)")
+    assert (out / BEST_CHECKPOINT_NAME).read_bytes() == legacy
 
 
 def test_a_legacy_checkpoint_gives_way_to_a_new_best(textfile, tmp_path, monkeypatch):
@@ -447,7 +455,7 @@ def test_a_legacy_checkpoint_gives_way_to_a_new_best(textfile, tmp_path, monkeyp
     # legacy file held, so nothing older is kept; the worse end then keeps that best as usual.
     meta = _run_meta(out / BEST_CHECKPOINT_NAME)[1]
     assert (meta["iter_num"], meta["val_loss"], meta["best_val_loss"]) == (8, 1.5, 1.5)
-    assert result.best_checkpoint == str(out / BEST_CHECKPOINT_NAME)
+    assert (result.best_checkpoint, result.best_is_legacy) == (str(out / BEST_CHECKPOINT_NAME), False)
 
 
 def test_a_fresh_run_is_refused_over_a_best_npz(textfile, tmp_path, monkeypatch):
