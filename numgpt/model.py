@@ -81,8 +81,9 @@ def gpt2_mismatch(choices):
 
 
 def swiglu_hidden(n_embd):
-    """SwiGLU's hidden width: 8C/3 rounded up to a multiple of 8 (Llama's rule, which keeps the
-    three matrices at about the parameters of a 4C two-matrix MLP)."""
+    """SwiGLU's hidden width: 8C/3 rounded up to a multiple of 8. Llama's 2/3 of 4C keeps the
+    three matrices at about the parameters of a 4C two-matrix MLP; Llama rounds up to a multiple
+    of 256, which at small widths (C = 128: 512 against 344) would overshoot by far."""
     return 8 * -(-8 * n_embd // 24)
 
 

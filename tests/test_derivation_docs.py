@@ -207,3 +207,32 @@ def test_python_example_runs(page, index, line, code):
         at = f"line {frames[-1].lineno}: {frames[-1].line}" if frames else "?"
         raise AssertionError(f"{where}, python block {index} (from line {line}) fails at {at}\n"
                              f"    {type(exc).__name__}: {exc}") from exc
+
+
+# --- claims of the pages' README about the pages and the checker ----------------------------
+
+def test_readme_names_every_page_with_an_extra_part():
+    readme = read_page("README.md")
+    sentence = re.search(r"(\w+) pages add a sixth part.*?\n\n", readme, re.S)
+    assert sentence, "docs/derivations/README.md no longer says which pages add a sixth part"
+    with_extra = [page for page in LAYER_PAGES
+                  if any(h not in PARTS for h in re.findall(r"^## \d+\. (.+)$", read_page(page), re.M))]
+    count = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5}[sentence.group(1).lower()]
+    assert count == len(with_extra), f"the README says {sentence.group(1)} pages; these have one: {with_extra}"
+    for page in with_extra:
+        assert f"]({page})" in sentence.group(0), f"the README's list of pages with a sixth part misses {page}"
+
+
+def test_readme_gradcheck_sample_matches_the_checker():
+    from numgpt.gradcheck import check_all_layers, format_table
+
+    readme = read_page("README.md")
+    sample = re.search(r"^\$ numgpt gradcheck\n(.*?)^```", readme, re.M | re.S).group(1)
+    rows = check_all_layers()
+    assert f"all {len(rows)} checks passed" in sample
+    # Every row the sample shows is a row of the real table, but for its error's digits (BLAS may vary them).
+    real = {re.sub(r"\d\.\d\de-\d\d", "E", line) for line in format_table(rows, 1e-7).splitlines()}
+    shown = [line for line in sample.splitlines() if re.search(r"(pass|FAIL)$", line)]
+    assert len(shown) >= 2
+    for line in shown:
+        assert re.sub(r"\d\.\d\de-\d\d", "E", line) in real, f"not a row numgpt gradcheck prints now: {line!r}"

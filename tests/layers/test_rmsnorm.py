@@ -178,7 +178,7 @@ def test_qk_norm_bounds_every_attention_score():
 
 
 def test_layer_cases_entries_pass_over_several_seeds():
-    """The entries proposed for numgpt.gradcheck.layer_cases, built exactly as there."""
+    """This layer's entries in numgpt.gradcheck.layer_cases, built exactly as there."""
     for seed in range(3):
         rng = np.random.default_rng(seed)
 

@@ -244,7 +244,7 @@ def test_relu_squared_backward_is_linear_in_dout(case, data, a, c):
 
 
 def test_layer_cases_entries_pass_over_several_seeds():
-    """The entries proposed for numgpt.gradcheck.layer_cases, built exactly as there."""
+    """This layer's entries in numgpt.gradcheck.layer_cases, built exactly as there."""
     for seed in range(3):
         rng = np.random.default_rng(seed)
 
