@@ -5,20 +5,26 @@ position: the keys and values of earlier positions are kept per layer
 (``GPT.forward_step``), and the logits are exactly those of recomputing the
 whole context (tests/test_sample.py compares them). When the context reaches
 ``block_size``, the cache is rebuilt from the last ``block_size // 2`` tokens
-and generation goes on from there; the recompute path (``use_cache=False``)
+(one at block size 1, a bigram model) and generation goes on from there; the recompute path (``use_cache=False``)
 instead crops the context to the last ``block_size`` tokens at every step, as
 nanoGPT does. The two agree exactly until the context first fills.
 """
 
+import numbers
+
 import numpy as np
 
 
+def _is_number(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
 def _check_sampling_args(temperature, top_k, top_p):
-    if not (isinstance(temperature, (int, float)) and temperature >= 0):
+    if not (_is_number(temperature) and temperature >= 0):
         raise ValueError(f"temperature must be a number >= 0 (0 means greedy), got {temperature!r}")
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1):
         raise ValueError(f"top_k must be a positive integer or None, got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, (int, float)) and 0.0 < top_p <= 1.0):
+    if top_p is not None and not (_is_number(top_p) and 0.0 < top_p <= 1.0):
         raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
 
 
@@ -32,7 +38,10 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
         raise ValueError("logits hold NaN or +inf values, or a row that is all -inf: nothing can be sampled")
     if temperature == 0:
         return logits.argmax(axis=-1)
-    logits = logits / temperature
+    # Shifted before the division: at a tiny temperature l / T overflows to inf and inf - inf is NaN,
+    # while (l - max) / T only runs to -inf, so the row's maximum keeps all the mass, as T -> 0 should.
+    with np.errstate(over="ignore"):
+        logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
     V = logits.shape[-1]
     if top_k is not None and top_k < V:
         kth = np.partition(logits, V - top_k, axis=-1)[:, V - top_k:V - top_k + 1]   # (B, 1)
@@ -64,6 +73,9 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be a non-negative integer, got {max_new_tokens!r}")
     _check_sampling_args(temperature, top_k, top_p)
+    if rng is not None and not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator (np.random.default_rng(seed)) or None, "
+                        f"got {type(rng).__name__}")
     rng = np.random.default_rng() if rng is None else rng
     block = model.config.block_size
     out = np.empty((idx.shape[0], idx.shape[1] + max_new_tokens), dtype=np.int64)
@@ -74,7 +86,7 @@ def generate(model, idx, max_new_tokens, *, temperature=1.0, top_k=None, top_p=N
         if not use_cache:
             logits = model.forward(out[:, max(0, n - block):n], last_only=True)[:, -1]
         elif cache is None or cache["pos"] >= block:
-            keep = min(n, block if cache is None else block // 2)   # refill: the prompt, or half a block
+            keep = min(n, block if cache is None else max(1, block // 2))   # refill: the prompt, or half a block
             cache = model.new_kv_cache(out.shape[0])
             logits = model.forward_step(out[:, n - keep:n], cache, last_only=True)[:, -1]
         else:
@@ -104,11 +116,15 @@ def generate_text(model, tokenizer, prompt="", *, num_samples=1, max_new_tokens=
     one that appears in its generated part, and generation ends once every
     sample has stopped.
     """
+    if isinstance(num_samples, bool) or not isinstance(num_samples, (int, np.integer)) or num_samples < 1:
+        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) and s for s in stops):
+        raise ValueError(f"stop must be a non-empty string or a list of them, got {stop!r}")
     ids = prompt_ids(tokenizer, prompt)
     if len(ids) > model.config.block_size:
         ids = ids[-model.config.block_size:]
     rng = np.random.default_rng(seed)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
     idx = np.tile(np.asarray(ids, dtype=np.int64), (num_samples, 1))
 
     def stop_fn(generated):

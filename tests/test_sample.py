@@ -38,6 +38,18 @@ def test_greedy_is_argmax(logits):
 @settings(max_examples=30)
 @given(hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 12)),
                   elements=st.floats(-20, 20, allow_nan=False), unique=True),
+       st.sampled_from([1e-3, 1e-300, 1e-310, 5e-324, np.float32(1e-30)]), st.integers(0, 2**32 - 1))
+def test_a_tiny_temperature_is_greedy(logits, temperature, seed):
+    # l / T overflows at these temperatures; the limit T -> 0 puts all the mass on the maximum.
+    assume((np.diff(np.sort(logits, axis=-1), axis=-1) > 0.1).all())   # a clear maximum per row
+    with np.errstate(invalid="raise"):          # no inf - inf on the way
+        ids = sample_next(logits, np.random.default_rng(seed), temperature=temperature)
+    np.testing.assert_array_equal(ids, logits.argmax(axis=-1))
+
+
+@settings(max_examples=30)
+@given(hnp.arrays(np.float64, st.tuples(st.integers(1, 4), st.integers(2, 12)),
+                  elements=st.floats(-20, 20, allow_nan=False), unique=True),
        st.integers(0, 2**32 - 1))
 def test_top_k_one_is_argmax(logits, seed):
     # well separated values: no ties (not even after exp), so the most likely id is well defined
@@ -143,6 +155,8 @@ def test_bad_sampling_args(kwargs, match):
 
 def test_bad_generate_args():
     model = model_for(5)
+    with pytest.raises(TypeError, match="rng must be a numpy.random.Generator .* got int"):
+        generate(model, np.zeros((1, 2), dtype=np.int64), 2, rng=0)
     with pytest.raises(ValueError, match="idx"):
         generate(model, np.zeros(3, dtype=np.int64), 2)
     with pytest.raises(ValueError, match="idx"):
@@ -195,14 +209,15 @@ def test_generation_beyond_block_size(use_cache):
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
-def test_every_prediction_uses_the_documented_context(monkeypatch, use_cache):
+@pytest.mark.parametrize("block", [BLOCK, 3, 1])     # 1: a bigram model, whose refill keeps one token
+def test_every_prediction_uses_the_documented_context(monkeypatch, use_cache, block):
     # Record the logits each step samples from and recompute them with forward() over the
     # context the module docstring promises: without the cache, the last block_size tokens;
     # with it, everything since the last refill, a refill keeping the last block_size // 2
-    # tokens whenever the cache is full.
+    # tokens (at least one) whenever the cache is full.
     import numgpt.sample as sample_module
 
-    model = model_for(7)
+    model = model_for(7, block_size=block)
     seen = []
     original = sample_module.sample_next
 
@@ -211,19 +226,19 @@ def test_every_prediction_uses_the_documented_context(monkeypatch, use_cache):
         return original(logits, *args, **kwargs)
 
     monkeypatch.setattr(sample_module, "sample_next", recording)
-    prompt = np.array([[1, 2, 3], [4, 4, 0]])
-    n_new = 2 * BLOCK + 7
+    prompt = np.array([[1, 2, 3], [4, 4, 0]])[:, -block:]
+    n_new = 2 * block + 7
     out = generate(model, prompt, n_new, rng=np.random.default_rng(0), use_cache=use_cache)
     assert len(seen) == n_new
     start = 0                       # first position held by the cache
     for step, logits in enumerate(seen):
         n = prompt.shape[1] + step  # tokens before the one being predicted
         if use_cache:
-            if n - start > BLOCK:   # the cache is full: refill from the last half block
-                start = n - BLOCK // 2
+            if n - start > block:   # the cache is full: refill from the last half block
+                start = n - max(1, block // 2)
             lo = start
         else:
-            lo = max(0, n - BLOCK)
+            lo = max(0, n - block)
         expected = model.forward(out[:, lo:n])[:, -1]
         np.testing.assert_allclose(logits, expected, rtol=0, atol=1e-12, err_msg=f"step {step}")
 
@@ -322,6 +337,12 @@ def test_prompt_longer_than_the_block_is_cropped_for_the_model():
 
 def test_generate_text_bad_args():
     model = model_for(TOKENIZER.vocab_size)
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=f"num_samples must be a positive integer, got {bad!r}"):
+            generate_text(model, TOKENIZER, "a", num_samples=bad)
+    for bad in ("", [1], ["a", ""]):
+        with pytest.raises(ValueError, match="stop must be a non-empty string or a list of them"):
+            generate_text(model, TOKENIZER, "a", stop=bad)
     with pytest.raises(ValueError, match="temperature"):
         generate_text(model, TOKENIZER, "a", temperature=-1)
     with pytest.raises(ValueError, match="top_p"):
