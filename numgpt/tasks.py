@@ -106,6 +106,16 @@ def _split_numbers(text: str) -> list[str] | None:
     return pieces
 
 
+def _digit_count(digits: str) -> int:
+    """How many digits the number written as ``digits`` (a run of 0-9) has, without converting it:
+    Python refuses int() of over 4300 digits and int64 overflows far sooner."""
+    return max(1, len(digits.lstrip("0")))
+
+
+def _shown(digits: str) -> str:
+    return digits if len(digits) <= 24 else f"a number of {_digit_count(digits)} digits"
+
+
 def _check_split(split) -> str:
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -333,6 +343,10 @@ class SortTask(Task):
         if pieces is None or len(pieces) != self.length:
             found = "" if pieces is None else f" ({len(pieces)} number{'s' * (len(pieces) != 1)})"
             raise ValueError(f"a sort problem is {self.prompt_form()}; got {text!r}{found}")
+        too_long = [p for p in pieces if _digit_count(p) > len(str(self.num_digits - 1))]
+        if too_long:
+            raise ValueError(f"a sort problem is {self.prompt_form()}; got {text!r}, and {_shown(too_long[0])} "
+                             f"is not from 0 to {self.num_digits - 1}")
         values = np.array([int(p) for p in pieces], dtype=np.int64)
         if values.max() >= self.num_digits:
             raise ValueError(f"a sort problem is {self.prompt_form()}; got {text!r}, and {int(values.max())} "
@@ -421,10 +435,11 @@ class AdditionTask(Task):
             raise TypeError(f"prompt must be a str, got {type(text).__name__}")
         sum_form = re.fullmatch(r"\s*([0-9]+)\s*\+\s*([0-9]+)\s*=?\s*", text)
         if sum_form:
-            a, b = (int(g) for g in sum_form.groups())
-            if max(a, b) >= 10**self.n_digits:
+            too_long = [g for g in sum_form.groups() if _digit_count(g) > self.n_digits]
+            if too_long:
                 raise ValueError(f"an addition problem is {self.prompt_form()}; got {text!r}, and "
-                                 f"{max(a, b)} has more than {self.n_digits} digit(s)")
+                                 f"{_shown(too_long[0])} has more than {self.n_digits} digit(s)")
+            a, b = (int(g) for g in sum_form.groups())
             return np.concatenate([self._digits(np.array([a]), self.n_digits),
                                    self._digits(np.array([b]), self.n_digits)], axis=1)[0].astype(np.int64)
         pieces = _split_numbers(text)

@@ -262,6 +262,8 @@ def test_sort_parse_prompt_forms(text):
     ("2011022", "(7 numbers)"),
     ("", "(0 numbers)"),
     ("2 0 1 1 0 3", "and 3 is not from 0 to 2"),
+    ("2 0 1 1 0 99999999999999999999999", "and 99999999999999999999999 is not from 0 to 2"),  # > int64
+    ("2 0 1 1 0 " + "9" * 5000, "and a number of 5000 digits is not from 0 to 2"),        # > int()'s limit
     ("2 0 1 1 0 -1", "got '2 0 1 1 0 -1'"),
     ("two 0 1 1 0 2", "got 'two 0 1 1 0 2'"),
 ])
@@ -294,6 +296,8 @@ def test_addition_parse_prompt_forms(text, expected):
 
 @pytest.mark.parametrize("text, fragment", [
     ("123+4", "123 has more than 2 digit(s)"),
+    ("4+" + "9" * 5000, "a number of 5000 digits has more than 2 digit(s)"),   # > int()'s limit
+    ("99999999999999999999999+1", "99999999999999999999999 has more than 2 digit(s)"),
     ("37-85", "got '37-85'"),
     ("378", "(3 digits)"),
     ("5 7", "(2 digits)"),
