@@ -675,6 +675,25 @@ def _raw_uint16_file(path):
     return TokenFile(path, "<u2", 0, size // 2)
 
 
+def _check_not_wider_ids(file):
+    """Refuse nanoGPT-layout files that hold 32- or 64-bit ids, which read as uint16 would train on garbage.
+
+    ``ids.tofile(...)`` of an int32 or int64 array (NumPy's default integer) writes every id
+    below 65,536 as a uint16 followed by zero halves; read as uint16, every second token is 0.
+    Genuine uint16 text tokens with zeros at every odd position over this many tokens do not occur.
+    """
+    n = min(file.count, 1 << 20)                # the head is evidence enough
+    if n < 64:
+        return
+    with open(file.path, "rb") as f:
+        head = np.frombuffer(f.read(2 * n), dtype="<u2")
+    if head[0::2].any() and not head[1::2].any():
+        wide = "int64" if not (head[2::4].any() or head[3::4].any()) else "int32/uint32"
+        raise DataError(f"{file.path}: every second uint16 of its first {n:,} is zero, so it looks like "
+                        f"{wide} ids, but nanoGPT's train.bin/val.bin hold uint16; write the ids with "
+                        f"ids.astype(np.uint16).tofile(path) (ids below 65,536), as nanoGPT's prepare.py does")
+
+
 def _starts_with_llmc_magic(path):
     with open(path, "rb") as f:
         head = f.read(4)
@@ -690,6 +709,8 @@ def _foreign_dir(directory, layout, found, tokenizer, vocab_size):
             files, what = [_llmc_file(p) for p in paths], "llm.c"
         else:
             files, what = [_raw_uint16_file(p) for p in paths], "nanoGPT"
+            for file in files:
+                _check_not_wider_ids(file)
     else:
         train, val = found
         if len(train) != 1 or len(val) != 1:

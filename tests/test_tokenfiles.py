@@ -328,6 +328,24 @@ def write_llmc(path, tokens, magic=LLMC_MAGIC, version=1, count=None, dtype="<u2
         f.write(np.asarray(tokens, dtype=dtype).tobytes())
 
 
+@pytest.mark.parametrize("dtype, named, n", [("<i8", "int64", "20,000"), ("<i4", "int32/uint32", "10,000"),
+                                             ("<u4", "int32/uint32", "10,000")])
+def test_nanogpt_files_of_wider_ids_are_refused_not_read_as_uint16(tmp_path, dtype, named, n):
+    # ids.tofile() of NumPy's default int64: read as uint16 three tokens in four would be 0.
+    rng = np.random.default_rng(0)
+    rng.integers(0, 65, 5000).astype(dtype).tofile(tmp_path / TRAIN_NAME)
+    rng.integers(0, 65, 600).astype("<u2").tofile(tmp_path / VAL_NAME)
+    with pytest.raises(DataError, match=rf"train.bin: every second uint16 of its first {n} is zero, so it "
+                                        rf"looks like {named} ids.*ids.astype\(np.uint16\).tofile"):
+        prepare_data(str(tmp_path), block_size=16, vocab_size=65)
+    # Genuine uint16 tokens with many zeros (id 0 common) still read, as do files too short to judge.
+    tokens = np.where(rng.random(5000) < 0.45, 0, rng.integers(1, 65, 5000)).astype("<u2")
+    tokens.tofile(tmp_path / TRAIN_NAME)
+    np.testing.assert_array_equal(prepare_data(str(tmp_path), block_size=16, vocab_size=65).train_ids, tokens)
+    np.arange(1, 31, dtype="<i4").tofile(tmp_path / TRAIN_NAME)      # 60 uint16: fewer than 64 proves nothing
+    assert prepare_data(str(tmp_path), block_size=8, vocab_size=65).train_ids.size == 60
+
+
 def test_nanogpt_files_are_read_with_the_given_vocab_size(tmp_path):
     rng = np.random.default_rng(0)
     train, val = rng.integers(0, 65, 5000).astype("<u2"), rng.integers(0, 65, 600).astype("<u2")
