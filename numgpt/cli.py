@@ -254,15 +254,25 @@ def _float(text):
 
 
 def cmd_train(args):
-    from .checkpoint import CHECKPOINT_NAME
+    from .checkpoint import CHECKPOINT_NAME, CheckpointError
     from .config import TrainConfig, load_config_file
     from .train import StopSignals, train
 
     settings = load_config_file(args.config) if args.config else {}
     settings.update({k: v for k, v in vars(args).items() if k not in ("command", "func", "config")})
     out_dir = settings.get("out_dir", TrainConfig.out_dir)
-    if settings.get("resume") and os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
-        cfg = TrainConfig.resumed(**settings)     # the saved settings, overridden by the flags given
+    if settings.get("resume") is True and settings.get("overwrite") is True:
+        # Checked here: resuming takes the saved settings, whose overwrite is False, and would hide it.
+        raise UsageError("resume and overwrite contradict each other: --resume continues the run in "
+                         "out_dir, --overwrite replaces it")
+    if settings.get("resume") is True and isinstance(out_dir, str) \
+            and os.path.exists(os.path.join(out_dir, CHECKPOINT_NAME)):
+        try:
+            cfg = TrainConfig.resumed(**settings)     # the saved settings, overridden by the flags given
+        except CheckpointError:
+            raise
+        except (TypeError, ValueError) as e:          # a setting given for the resumed run is out of range
+            raise UsageError(str(e)) from None
     else:
         try:
             cfg = TrainConfig(**settings).validate()   # (train() says so if there is nothing to resume)
@@ -285,6 +295,11 @@ def _report_training(result, cfg):
         print(f"stopped by {how} at iteration {result.iter_num}; resume with: "
               f"numgpt train --resume --out_dir {cfg.out_dir}")
         return 128 + int(result.stop_signal)
+    if cfg.eval_only:
+        where = f"the checkpoint {result.checkpoint}" if os.path.exists(result.checkpoint) else "a new model"
+        print(f"done: evaluated {where} at iteration {result.iter_num}: train loss "
+              f"{result.last_eval['train']:.4f}, val loss {result.last_eval['val']:.4f} (eval_only: nothing saved)")
+        return 0
     kept = ""
     if result.best_is_legacy:          # kept on resume; its own val loss was never recorded
         kept = f"; the checkpoint resumed from (older than recorded val losses) is in {result.best_checkpoint} " \
@@ -530,6 +545,10 @@ def main(argv=None):
         if not getattr(e, "mpi_quiet", False):      # under MPI, rank 0 reports a failure all ranks share
             message = describe_os_error(e) if isinstance(e, OSError) else e
             print(f"numgpt {command}: error: {message}", file=sys.stderr)
+        return 1
+    except MemoryError as e:
+        print(f"numgpt {command}: error: not enough memory ({e or 'an allocation failed'}); try a smaller "
+              f"--batch_size, --block_size or model", file=sys.stderr)
         return 1
     except RuntimeError as e:
         from .parallel.mpi import RankFailed

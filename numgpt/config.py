@@ -120,9 +120,11 @@ class TrainConfig:
     overwrite: bool = setting(False, "start a fresh run even if out_dir holds a checkpoint (replacing it)")
 
     def validate(self):
-        """Raise ValueError naming the setting for any value out of range; returns self."""
+        """Raise ValueError naming the setting for any value of the wrong type or out of range; returns self."""
+        for f in dataclasses.fields(self):
+            _check_kind(f.name, getattr(self, f.name))
         positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                    "eval_interval", "eval_iters", "log_interval", "lr_decay_iters"]
+                    "eval_interval", "eval_iters", "log_interval", "lr_decay_iters", "vocab_size"]
         non_negative = ["max_iters", "warmup_iters", "sample_tokens", "seed"]
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -140,10 +142,6 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-        for name in ["qk_norm", "tie_head", "bias"]:
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, bool):
-                raise ValueError(f"{name} must be true, false or unset (the preset's), got {value!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         for f in dataclasses.fields(self):
@@ -210,6 +208,9 @@ def settings_help():
     return {f.name: (f.default, f.metadata["help"], f.metadata["choices"]) for f in dataclasses.fields(TrainConfig)}
 
 
+_FIELD_INDEX = {f.name: i for i, f in enumerate(dataclasses.fields(TrainConfig))}
+
+
 def setting_kinds():
     """``{name: type}`` (bool, int, float or str) for every setting; a bool may also be None (unset)."""
     return {f.name: f.metadata["kind"] for f in dataclasses.fields(TrainConfig)}
@@ -243,7 +244,26 @@ def load_config_file(path):
     unknown = sorted(set(settings) - fields)
     if unknown:
         raise ValueError(f"config file {path} has unknown setting(s): {', '.join(unknown)}")
+    for name, value in settings.items():
+        _check_kind(name, value, f"config file {path}: ")
     return settings
+
+
+def _check_kind(name, value, where=""):
+    """Raise ValueError unless ``value`` has the type of setting ``name``: a quoted "false" for a switch
+    is a string, and a string is true, so it would silently turn on --overwrite or --resume."""
+    kind = setting_kinds()[name]
+    if kind is bool:
+        unset = dataclasses.fields(TrainConfig)[_FIELD_INDEX[name]].default is None
+        if not (isinstance(value, bool) or (unset and value is None)):
+            allowed = "true, false or unset (the preset's)" if unset else "true or false"
+            raise ValueError(f"{where}{name} must be {allowed}, got {value!r}")
+    elif kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ValueError(f"{where}{name} must be an integer, got {value!r}")
+    elif kind is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{where}{name} must be a number, got {value!r}")
+    elif kind is str and not isinstance(value, str):
+        raise ValueError(f"{where}{name} must be a string, got {value!r}")
 
 
 def resume_settings(saved, given):

@@ -12,7 +12,9 @@ A training run owns its ``out_dir``:
 * **No silent replacement.** A fresh run into a directory that already holds
   a checkpoint (``ckpt.npz``, or the best-validation ``best.npz``) is refused,
   naming ``--resume`` (continue it) and ``--overwrite`` (replace it).
-* **One log per run.** A fresh run starts a new ``metrics.jsonl``.  A resumed
+* **One log per run.** A fresh run starts a new ``metrics.jsonl`` with its
+  first line (so a run that fails before it, e.g. out of memory, leaves an
+  earlier run's log beside that run's checkpoint).  A resumed
   run first cuts the log back to the checkpoint's iteration, so that no
   iteration is logged twice: the step lines up to the checkpoint's iteration
   are kept, and the evaluation at that iteration, if it is due, runs again.
@@ -168,15 +170,36 @@ class RunDirectory:
         """The metrics log, opened for appending: new for a fresh run, cut back to ``resume_iter`` on resume."""
         try:
             if resume_iter is None:
-                with atomic_writer(self.metrics_path):
-                    pass
-            elif os.path.exists(self.metrics_path):
+                return _FreshLog(self.metrics_path)
+            if os.path.exists(self.metrics_path):
                 kept = _entries_up_to(self.metrics_path, resume_iter)
                 with atomic_writer(self.metrics_path) as f:
                     f.write("".join(kept).encode("utf-8"))
             return open(self.metrics_path, "a", encoding="utf-8")
         except OSError as e:
             raise RunDirError(describe_os_error(e, f"cannot write the metrics log {self.metrics_path}")) from None
+
+
+class _FreshLog:
+    """A fresh run's metrics log, created (replacing any old one) when its first line is written."""
+
+    def __init__(self, path):
+        self.name, self._file = path, None
+
+    def write(self, text):
+        if self._file is None:
+            with atomic_writer(self.name):
+                pass
+            self._file = open(self.name, "a", encoding="utf-8")
+        return self._file.write(text)
+
+    def flush(self):
+        if self._file is not None:
+            self._file.flush()
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
 
 
 def _entries_up_to(path, iteration):

@@ -140,7 +140,11 @@ def _train(cfg, log, comm, stop):
         metrics = run_dir.open_metrics(run.iter_num if cfg.resume else None)
         tokens_per_iter = cfg.batch_size * cfg.block_size * cfg.gradient_accumulation_steps
         budget = f" or {cfg.max_time:g} s of training steps, whichever ends first" if cfg.max_time else ""
-        log(f"training: {cfg.max_iters} iterations{budget}, {tokens_per_iter:,} tokens each; out_dir {cfg.out_dir}")
+        if cfg.eval_only:
+            log(f"evaluating only (eval_only): {cfg.eval_iters} batches per split, nothing trained or saved")
+        else:
+            log(f"training: {cfg.max_iters} iterations{budget}, {tokens_per_iter:,} tokens each; "
+                f"out_dir {cfg.out_dir}")
         losses, last_eval, accuracy, stop_signal = [], {}, None, None
         start, ema_ms = time.perf_counter(), None
         stop.armed = True               # from here on a signal means: finish the step, save, return
@@ -476,7 +480,27 @@ def _new_model(cfg, data, dtype, log):
     block = data.task.block_size if cfg.task else cfg.block_size
     config = GPTConfig(vocab_size=data.vocab_size, block_size=block, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=cfg.dropout, **cfg.model_choices())
+    _check_fits_in_memory(config, dtype)
     return GPT(config, seed=cfg.seed, dtype=dtype), cfg
+
+
+def _check_fits_in_memory(config, dtype):
+    """Refuse, before building it, a model whose parameters, gradients and AdamW moments alone exceed
+    the machine's memory: a mistyped size (``--n_layer 100000000``) would otherwise spend minutes laying
+    out the parameters and then fail, or swap, with no word about which setting was too large."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):        # not a POSIX system: nothing to compare with
+        return
+    C = config.n_embd
+    params = config.n_layer * 13 * C * C + (config.vocab_size + config.block_size) * C     # about; SwiGLU ~ GELU
+    need = 4 * params * np.dtype(dtype).itemsize
+    if need > memory:
+        raise ValueError(f"a model of n_layer {config.n_layer} x n_embd {C}, vocabulary {config.vocab_size} and "
+                         f"block_size {config.block_size} has about {params:,.0f} parameters: "
+                         f"{need / 2**30:,.0f} GiB with their gradients and AdamW's moments, more than this "
+                         f"machine's {memory / 2**30:.0f} GiB; make n_layer, n_embd, block_size or the "
+                         f"vocabulary smaller")
 
 
 def describe_architecture(cfg, config):

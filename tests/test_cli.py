@@ -192,6 +192,52 @@ def test_resume_continues(textfile, tmp_path, capsys):
     assert after.startswith(before) and len(after) > len(before)
 
 
+def test_a_quoted_false_in_a_config_file_does_not_replace_a_trained_model(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "2")) == 0
+    before = (out / "ckpt.npz").read_bytes()
+    path = tmp_path / "cfg.json"
+    path.write_text('{"overwrite": "false"}', encoding="utf-8")
+    capsys.readouterr()
+    assert main(train_args(textfile, out, "--max_iters", "2", "--config", str(path))) == 1
+    assert_clean_error(capsys, "overwrite must be true or false, got 'false'")
+    assert (out / "ckpt.npz").read_bytes() == before
+
+
+def test_a_bad_setting_for_a_resumed_run_is_a_usage_error(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--max_iters", "2")) == 0
+    before = (out / "ckpt.npz").read_bytes()
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out_dir", str(out), "--learning_rate", "-1"]) == 2    # as a fresh run
+    assert_clean_error(capsys, "numgpt train: error: learning_rate must be a finite number >= 0, got -1.0")
+    assert (out / "ckpt.npz").read_bytes() == before
+
+
+def test_eval_only_says_what_it_evaluated_and_that_nothing_was_saved(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--eval_only")) == 0
+    stdout = capsys.readouterr().out
+    assert "evaluating only (eval_only)" in stdout and "training:" not in stdout
+    assert re.search(r"done: evaluated a new model at iteration 0: train loss \d\.\d{4}, val loss \d\.\d{4} "
+                     r"\(eval_only: nothing saved\)$", stdout.rstrip())
+    assert not (out / "ckpt.npz").exists()
+    assert main(train_args(textfile, out, "--max_iters", "2")) == 0       # a fresh run: nothing was in the way
+    capsys.readouterr()
+    assert main(["train", "--resume", "--eval_only", "--out_dir", str(out)]) == 0
+    assert f"done: evaluated the checkpoint {out / 'ckpt.npz'} at iteration 2:" in capsys.readouterr().out
+
+
+def test_out_of_memory_is_one_line_and_a_huge_model_is_refused_before_it_is_built(textfile, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(train_args(textfile, out, "--n_layer", "100000000")) == 1
+    assert_clean_error(capsys, "numgpt train: error: a model of n_layer 100000000 x n_embd 16",
+                       "more than this machine's", "make n_layer, n_embd, block_size or the vocabulary smaller")
+    assert main(train_args(textfile, out, "--batch_size", "1000000000000")) == 1      # 100 TB of ids alone
+    assert_clean_error(capsys, "numgpt train: error: not enough memory (Unable to allocate",
+                       "try a smaller --batch_size, --block_size or model")
+
+
 def test_resume_without_checkpoint(tmp_path, capsys):
     assert main(["train", "--resume", "--out_dir", str(tmp_path / "empty")]) == 1
     assert_clean_error(capsys, "no checkpoint")

@@ -113,9 +113,31 @@ def test_fresh_run_replaces_a_stray_metrics_log(textfile, tmp_path):
     assert [e["iter"] for e in metrics_of(out)][0] == 0 and all(e["iter"] <= 4 for e in metrics_of(out))
 
 
-def test_resume_and_overwrite_together_are_refused(textfile, tmp_path):
+def test_an_overwrite_that_fails_before_its_first_line_leaves_the_old_log(textfile, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    train(tiny(textfile, out, max_iters=4), log=quiet)
+    before = {name: (out / name).read_bytes() for name in (CHECKPOINT_NAME, METRICS_NAME)}
+
+    def out_of_memory(self):
+        raise MemoryError("Unable to allocate 127. GiB")
+
+    monkeypatch.setattr(train_module._Run, "evaluate", out_of_memory)
+    with pytest.raises(MemoryError):
+        train(tiny(textfile, out, max_iters=4, overwrite=True), log=quiet)
+    # The checkpoint and its log still belong together.
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_resume_and_overwrite_together_are_refused(textfile, tmp_path, capsys):
     with pytest.raises(ValueError, match="resume and overwrite"):
         TrainConfig(resume=True, overwrite=True).validate()
+    # On the command line too when there is a checkpoint to resume (whose saved settings say overwrite false).
+    out = tmp_path / "run"
+    train(tiny(textfile, out, max_iters=2), log=quiet)
+    before = (out / CHECKPOINT_NAME).read_bytes()
+    assert main(["train", "--resume", "--overwrite", "--out_dir", str(out), "--max_iters", "4"]) == 2
+    assert "resume and overwrite contradict each other" in capsys.readouterr().err
+    assert (out / CHECKPOINT_NAME).read_bytes() == before
 
 
 def test_resume_cuts_the_log_back_to_the_checkpoint(textfile, tmp_path):

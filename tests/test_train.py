@@ -493,6 +493,15 @@ def test_load_config_file_toml(tmp_path):
     ("cfg.json", "[1, 2]", "table/object"),
     ("cfg.toml", "learning_rat = 1e-3\n", "unknown setting.*learning_rat"),
     ("cfg.toml", "n_layer = = 2\n", "TOML"),
+    # A quoted "false" is a non-empty string, which Python reads as true: it would turn the switch on.
+    ("cfg.json", '{"overwrite": "false"}', "overwrite must be true or false, got 'false'"),
+    ("cfg.toml", 'resume = "false"\n', "resume must be true or false, got 'false'"),
+    ("cfg.json", '{"eval_only": 0}', "eval_only must be true or false, got 0"),
+    ("cfg.json", '{"qk_norm": "yes"}', r"qk_norm must be true, false or unset \(the preset's\), got 'yes'"),
+    ("cfg.json", '{"vocab_size": "abc"}', "vocab_size must be an integer, got 'abc'"),
+    ("cfg.json", '{"n_layer": 2.0}', "n_layer must be an integer, got 2.0"),
+    ("cfg.json", '{"learning_rate": "1e-3"}', "learning_rate must be a number, got '1e-3'"),
+    ("cfg.json", '{"out_dir": null}', "out_dir must be a string, got None"),
 ])
 def test_load_config_file_errors(tmp_path, name, content, match):
     path = tmp_path / name
@@ -525,6 +534,9 @@ def test_load_config_file_missing(tmp_path):
     ({"task": "reverse"}, "task"),
     ({"grad_clip": -1.0}, "grad_clip"),
     ({"seed": True}, "seed"),
+    ({"overwrite": "false"}, "overwrite must be true or false"),
+    ({"vocab_size": 0}, "vocab_size must be >= 1"),
+    ({"vocab_size": "abc", "tokenizer": "bpe"}, "vocab_size must be an integer"),
 ])
 def test_train_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):
