@@ -114,6 +114,7 @@ __all__ = [
 ]
 
 EOT = "<|endoftext|>"
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json")   # what BPETokenizer.save writes
 """GPT-2's end-of-text special token, the separator between documents."""
 
 

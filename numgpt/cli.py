@@ -317,7 +317,8 @@ def cmd_prepare(args):
     from .tokenfiles import prepare
 
     prepare(args.data, args.out, args.tokenizer, vocab_size=args.vocab_size,
-            bpe_sample_chars=args.bpe_sample_chars, chunk_bytes=args.chunk_mb << 20, workers=args.workers)
+            bpe_sample_chars=args.bpe_sample_chars, chunk_bytes=args.chunk_mb << 20, workers=args.workers,
+            overwrite=args.overwrite)
     print(f"train with: numgpt train --data {args.out}")
     return 0
 
@@ -372,9 +373,13 @@ def _answer_task_problem(model, task, args):
 # --- tokenizer, plots ----------------------------------------------------------------------
 
 def cmd_tokenizer_train(args):
-    from .bpe import tokens_per_char, train_bpe
+    from .bpe import TOKENIZER_FILES, tokens_per_char, train_bpe
     from .data import load_text
 
+    present = [n for n in TOKENIZER_FILES if os.path.exists(os.path.join(args.out, n))]
+    if present and not args.overwrite:      # e.g. a GPT-2 download, whose weights need its own vocabulary
+        raise UsageError(f"{args.out} already holds tokenizer files ({', '.join(present)}); write into another "
+                         f"--out, or pass --overwrite to replace them")
     text, description = load_text(args.data)
     tok = train_bpe(text, args.vocab_size)
     tok.save(args.out)
@@ -451,6 +456,7 @@ def build_parser():
                    help="characters at the start of the data that --tokenizer bpe trains on")
     p.add_argument("--chunk_mb", type=_int, limits=Limits(1, integer=True), default=4, help="MB of text read and encoded at a time")
     p.add_argument("--workers", type=_int, limits=Limits(1, integer=True), default=1, help="processes encoding chunks in parallel")
+    p.add_argument("--overwrite", action="store_true", help="replace token files already in --out")
     p.set_defaults(func=cmd_prepare)
 
     def add_source(p):
@@ -494,6 +500,7 @@ def build_parser():
     t.add_argument("--vocab_size", type=_int, required=True, limits=Limits(257, integer=True),
                    help="tokens in the vocabulary: the 256 bytes, the end-of-text token and the merges")
     t.add_argument("--out", required=True, help="directory for vocab.json and merges.txt")
+    t.add_argument("--overwrite", action="store_true", help="replace tokenizer files already in --out")
     t.set_defaults(func=cmd_tokenizer_train)
 
     p = command("plot", "draw the train/val loss curve to a PNG (needs matplotlib)")
@@ -529,7 +536,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     from .checkpoint import CheckpointError
     from .data import DataError
-    command = args.command
+    command = " ".join(filter(None, (args.command, getattr(args, "tokenizer_command", None))))  # as argparse names it
     previous_showwarning = warnings.showwarning
     warnings.showwarning = _show_warning(command)
     try:

@@ -398,14 +398,15 @@ def _encoded(pieces, tokenizer, dtype, workers):
 
 
 def prepare(data, out_dir, tokenizer="char", *, vocab_size=512, bpe_sample_chars=10_000_000,
-            chunk_bytes=_CHUNK_BYTES, workers=1, log=print, progress_stream=None) -> dict:
+            chunk_bytes=_CHUNK_BYTES, workers=1, overwrite=False, log=print, progress_stream=None) -> dict:
     """Tokenize the text file or directory ``data`` into ``out_dir`` (see the module docstring).
 
     ``tokenizer`` is ``"char"``, ``"byte"``, ``"bpe"`` (trained on the first
     ``bpe_sample_chars`` characters, ``vocab_size`` tokens) or a GPT-2
     tokenizer directory.  ``workers`` processes encode chunks in parallel
-    (1: in this process).  Progress goes to ``progress_stream`` (default
-    stderr).  Returns the contents of ``meta.json``.
+    (1: in this process).  Token files already in ``out_dir`` (numgpt's or
+    nanoGPT's) are refused unless ``overwrite``.  Progress goes to
+    ``progress_stream`` (default stderr).  Returns the contents of ``meta.json``.
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
@@ -417,6 +418,10 @@ def prepare(data, out_dir, tokenizer="char", *, vocab_size=512, bpe_sample_chars
     data = os.path.expanduser(os.fspath(data))
     paths = text_files(data)
     out_dir = os.fspath(out_dir)
+    present = [n for n in (TRAIN_NAME, VAL_NAME, META_NAME) if os.path.exists(os.path.join(out_dir, n))]
+    if present and not overwrite:
+        raise DataError(f"{out_dir} already holds token files ({', '.join(present)}); prepare into another "
+                        f"--out, or pass --overwrite to replace them")
     if os.path.isdir(data):
         inside = os.path.relpath(os.path.abspath(out_dir), os.path.abspath(data))
         if not inside.startswith(os.pardir):

@@ -20,6 +20,7 @@ traceback. Only the tests that render a PNG need matplotlib.
 
 import json
 import math
+import os
 import re
 import shutil
 import sys
@@ -154,6 +155,20 @@ def test_tokenizer_train_writes_loadable_gpt2_files(textfile, text, bpe, tmp_pat
     assert load_gpt2_tokenizer(out) == loaded
 
 
+def test_tokenizer_train_refuses_tokenizer_files_already_there_unless_overwrite(textfile, tmp_path, capsys):
+    # e.g. a GPT-2 download: its weights mean nothing with another vocabulary
+    out = tmp_path / "gpt2"
+    out.mkdir()
+    (out / "vocab.json").write_text('{"!": 0}', encoding="utf-8")
+    argv = ["tokenizer", "train", "--data", str(textfile), "--vocab_size", "260", "--out", str(out)]
+    assert main(argv) == 2
+    assert_clean_error(capsys, f"numgpt tokenizer train: error: {out} already holds tokenizer files (vocab.json); "
+                               f"write into another --out, or pass --overwrite to replace them")
+    assert os.listdir(out) == ["vocab.json"] and (out / "vocab.json").read_text(encoding="utf-8") == '{"!": 0}'
+    assert main(argv + ["--overwrite"]) == 0
+    assert BPETokenizer.from_dir(out).vocab_size == 260
+
+
 @pytest.mark.parametrize("vocab_size", ["1", "100", "256"])
 def test_tokenizer_train_vocab_size_too_small(textfile, tmp_path, vocab_size, capsys):
     out = tmp_path / "tok"
@@ -179,7 +194,7 @@ def test_tokenizer_train_missing_data_file(tmp_path, capsys):
     missing = tmp_path / "no-such-file.txt"
     assert main(["tokenizer", "train", "--data", str(missing), "--vocab_size", "300",
                  "--out", str(tmp_path / "tok")]) == 1
-    assert_clean_error(capsys, "numgpt tokenizer: error:", str(missing))
+    assert_clean_error(capsys, "numgpt tokenizer train: error:", str(missing))
     assert not (tmp_path / "tok").exists()
 
 

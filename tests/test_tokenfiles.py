@@ -214,11 +214,30 @@ def test_an_interrupted_prepare_leaves_the_old_files_and_no_temporary_ones(textf
 
     monkeypatch.setattr(tokenfiles, "_encode", encode_then_fail)
     with pytest.raises(KeyboardInterrupt):
-        prepare(textfile, out, "char", **quiet)
+        prepare(textfile, out, "char", overwrite=True, **quiet)
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
     with pytest.raises(KeyboardInterrupt):
         prepare(textfile, tmp_path / "fresh", "char", **quiet)
     assert os.listdir(tmp_path / "fresh") == []
+
+
+@pytest.mark.parametrize("present", [("train.bin", "val.bin", "meta.json"), ("train.bin", "val.bin")])
+def test_prepare_refuses_token_files_already_there_unless_overwrite(textfile, tmp_path, present, capsys):
+    # numgpt's own, or a nanoGPT directory (train.bin and val.bin alone): hours of tokenizing to redo.
+    out = tmp_path / "out"
+    out.mkdir()
+    for name in present:
+        (out / name).write_bytes(b"\x01\x00" * 10)
+    before = {name: (out / name).read_bytes() for name in present}
+    with pytest.raises(DataError, match=rf"{out} already holds token files \({', '.join(present)}\); prepare "
+                                        rf"into another --out, or pass --overwrite"):
+        prepare(textfile, out, "byte", log=lambda *a: None, progress_stream=io.StringIO())
+    assert {name: (out / name).read_bytes() for name in present} == before
+    assert main(["prepare", "--data", str(textfile), "--out", str(out)]) == 1
+    assert "already holds token files" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in present} == before
+    assert main(["prepare", "--data", str(textfile), "--out", str(out), "--overwrite"]) == 0
+    assert open_token_dir(out).train.count > 10
 
 
 def test_prepare_errors_are_clear(tmp_path):
