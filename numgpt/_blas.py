@@ -28,7 +28,7 @@ def _find():
     _api = False
     try:
         import numpy  # noqa: F401  (loads the BLAS library into the process)
-        with open("/proc/self/maps") as f:
+        with open("/proc/self/maps", errors="surrogateescape") as f:     # paths need not be UTF-8
             paths = sorted(set(re.findall(r"(/\S*openblas\S*\.so[.\d]*)", f.read())))
     except OSError:
         return _api

@@ -152,8 +152,14 @@ class TrainConfig:
         if self.tokenizer == "bpe" and self.vocab_size < 257:
             raise ValueError(f"vocab_size for the BPE tokenizer must be > 256, got {self.vocab_size}")
         for name in ["data", "init_from", "out_dir"]:
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not isinstance(value, str):
+                raise ValueError(f"{name} must be a string, got {value!r}")
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:     # a file name of bytes that are not UTF-8 (Linux hands them over)
+                raise ValueError(f"{name} {value!r} is not valid UTF-8: checkpoints record the run's paths as "
+                                 f"UTF-8 text, so rename it") from None
         if not self.out_dir:
             raise ValueError("out_dir must not be empty")
         if self.init_from and not self.resume:

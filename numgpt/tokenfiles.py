@@ -476,6 +476,9 @@ def prepare(data, out_dir, tokenizer="char", *, vocab_size=512, bpe_sample_chars
                        "separator": separator},
             "tokenizer": tok.to_state(),
         }
+        # Encoded before anything is renamed: a meta.json that cannot be written must not leave new
+        # token files behind without one.
+        meta_bytes = (json.dumps(meta, ensure_ascii=False) + "\n").encode("utf-8", errors="backslashreplace")
         # meta.json last: without it the directory is not read as prepared tokens, so a prepare
         # interrupted between the renames below never pairs new token files with old counts.
         meta_path = os.path.join(out_dir, META_NAME)
@@ -485,7 +488,7 @@ def prepare(data, out_dir, tokenizer="char", *, vocab_size=512, bpe_sample_chars
         os.replace(val_path, os.path.join(out_dir, VAL_NAME))
         _fsync_directory(out_dir)
         with atomic_writer(meta_path) as f:
-            f.write((json.dumps(meta, ensure_ascii=False) + "\n").encode("utf-8"))
+            f.write(meta_bytes)
     except BaseException:
         for path in (all_path, val_path):
             if path is not None and os.path.exists(path):

@@ -240,6 +240,19 @@ def test_prepare_refuses_token_files_already_there_unless_overwrite(textfile, tm
     assert open_token_dir(out).train.count > 10
 
 
+def test_prepare_records_a_data_path_that_is_not_utf8(textfile, tmp_path):
+    # The name's bytes reach Python as lone surrogates; meta.json keeps them escaped, and nothing is
+    # renamed into --out unless meta.json can be written.
+    path = os.path.join(os.fsencode(tmp_path), b"corpus-\xff.txt")
+    with open(path, "wb") as f:
+        f.write(textfile.read_bytes())
+    out = tmp_path / "out"
+    meta = prepare(os.fsdecode(path), out, "byte", log=lambda *a: None, progress_stream=io.StringIO())
+    assert sorted(os.listdir(out)) == sorted([META_NAME, TRAIN_NAME, VAL_NAME])
+    assert json.loads((out / META_NAME).read_text(encoding="utf-8"))["source"]["data"] == meta["source"]["data"]
+    assert open_token_dir(out).train.count == meta["train_tokens"]
+
+
 def test_prepare_errors_are_clear(tmp_path):
     quiet = dict(log=lambda *a: None, progress_stream=io.StringIO())
     bad = tmp_path / "bad.txt"

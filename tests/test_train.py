@@ -537,6 +537,9 @@ def test_load_config_file_missing(tmp_path):
     ({"overwrite": "false"}, "overwrite must be true or false"),
     ({"vocab_size": 0}, "vocab_size must be >= 1"),
     ({"vocab_size": "abc", "tokenizer": "bpe"}, "vocab_size must be an integer"),
+    # Linux hands over a file name of non-UTF-8 bytes as lone surrogates, which no checkpoint can record.
+    ({"out_dir": "out\udcfe"}, r"out_dir 'out\\udcfe' is not valid UTF-8: checkpoints record the run's paths"),
+    ({"data": "corpus\udcff.txt"}, "data .* is not valid UTF-8"),
 ])
 def test_train_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):
