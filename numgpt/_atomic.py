@@ -79,6 +79,8 @@ def _create_temp_file(directory: str, basename: str) -> tuple[str, int]:
             return temp_path, os.open(temp_path, flags, 0o666)
         except FileExistsError:
             continue
+        except OSError as e:      # (read-only, no permission, no space): name the file the user asked for
+            raise type(e)(e.errno, e.strerror, os.path.join(directory, basename)) from None
 
 
 def _fsync_directory(directory: str) -> None:

@@ -246,6 +246,12 @@ def _int(text):
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _png_path(text):
+    if not text.lower().endswith(".png"):
+        raise argparse.ArgumentTypeError(f"expected a path ending in .png, got {text!r}")
+    return text
+
+
 def _float(text):
     try:
         return float(text)
@@ -505,13 +511,13 @@ def build_parser():
 
     p = command("plot", "draw the train/val loss curve to a PNG (needs matplotlib)")
     p.add_argument("--out_dir", default="out", help="directory of the training run (its metrics.jsonl)")
-    p.add_argument("--output", default=None, help="PNG path (default: OUT_DIR/loss.png)")
+    p.add_argument("--output", default=None, type=_png_path, help="PNG path (default: OUT_DIR/loss.png)")
     p.set_defaults(func=cmd_plot)
 
     p = command("attention", "draw every layer's and head's attention over a prompt (needs matplotlib)")
     add_source(p)
     p.add_argument("--prompt", required=True, help="the text whose attention is drawn")
-    p.add_argument("--output", default=None, help="PNG path (default: OUT_DIR/attention.png)")
+    p.add_argument("--output", default=None, type=_png_path, help="PNG path (default: OUT_DIR/attention.png)")
     p.set_defaults(func=cmd_attention)
     return parser
 

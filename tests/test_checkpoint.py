@@ -429,6 +429,26 @@ def test_os_failure_midway_keeps_previous_checkpoint(tmp_path, monkeypatch, fail
     assert_previous_checkpoint_intact(tmp_path, path)
 
 
+def test_a_directory_that_refuses_new_files_is_named_by_the_checkpoint_not_a_hidden_temporary(tmp_path,
+                                                                                                 monkeypatch):
+    import errno
+
+    path = saved_checkpoint(tmp_path)
+    real_open = os.open
+
+    def read_only(file, flags, *args, **kwargs):
+        if flags & os.O_CREAT:
+            raise OSError(errno.EROFS, "Read-only file system", file)
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(OSError) as info:
+        save_checkpoint(path, sample_arrays(1), {"iteration": 2})
+    monkeypatch.undo()
+    assert (info.value.errno, info.value.filename) == (errno.EROFS, str(path))     # not .ckpt.npz.<hex>.tmp
+    assert_previous_checkpoint_intact(tmp_path, path)
+
+
 def test_interrupt_while_writing_arrays_keeps_previous_checkpoint(tmp_path, monkeypatch):
     path = saved_checkpoint(tmp_path)
     real_write_array = np.lib.format.write_array
