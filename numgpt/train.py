@@ -69,7 +69,7 @@ from ._blas import set_blas_threads
 from ._malloc import tune_malloc
 from .checkpoint import BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_checkpoint, load_checkpoint_meta, load_run, save_run
 from .config import TrainConfig, load_config_file, resume_settings
-from .data import prepare_data
+from .data import DataError, prepare_data
 from .model import GPT, GPTConfig, param_views
 from .muon import Muon, fused_parts, hidden_matrices
 from .optim import AdamW, clip_scale, cosine_lr, decay_mask_from_layout, grad_norm, ranges_outside
@@ -145,6 +145,9 @@ def _train(cfg, log, comm, stop):
         else:
             log(f"training: {cfg.max_iters} iterations{budget}, {tokens_per_iter:,} tokens each; "
                 f"out_dir {cfg.out_dir}")
+            if cfg.resume and run.iter_num >= cfg.max_iters:
+                log(f"note: max_iters counts all the run's iterations, and the checkpoint is at {run.iter_num} "
+                    f"already: nothing to train (a larger --max_iters continues it)")
         losses, last_eval, accuracy, stop_signal = [], {}, None, None
         start, ema_ms = time.perf_counter(), None
         stop.armed = True               # from here on a signal means: finish the step, save, return
@@ -277,8 +280,17 @@ class _Run:
                 raise ValueError(f"--init_from {cfg.init_from}: no GPT-2 tokenizer files beside the weights "
                                  "(vocab.json + merges.txt, or encoder.json + vocab.bpe); fine-tuning needs the "
                                  "tokenizer the weights were trained with")
-        data = prepare_data(cfg.data, block_size=cfg.block_size, task=cfg.task, tokenizer_kind=cfg.tokenizer,
-                            vocab_size=cfg.vocab_size, tokenizer=tokenizer, log=log)
+        try:
+            data = prepare_data(cfg.data, block_size=cfg.block_size, task=cfg.task, tokenizer_kind=cfg.tokenizer,
+                                vocab_size=cfg.vocab_size, tokenizer=tokenizer, log=log)
+        except DataError as e:
+            recorded_path = cfg.data not in ("default", "shakespeare", "") and not os.path.isabs(cfg.data)
+            if saved is not None and not cfg.task and recorded_path and not os.path.exists(cfg.data):
+                # The run recorded its --data as given, relative to the directory it was started in.
+                raise DataError(f"{e}: the run in {cfg.out_dir} recorded its --data relative to the directory it "
+                                f"was started in, not {os.getcwd()}; resume from that directory, or give "
+                                f"--data") from None
+            raise
         log(f"data: {data.description}; vocabulary {data.vocab_size}")
         if data.tokenizer is not None:
             log(f"tokens: {len(data.train_ids):,} train, {len(data.val_ids):,} val")

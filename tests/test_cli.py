@@ -190,6 +190,11 @@ def test_resume_continues(textfile, tmp_path, capsys):
     assert meta["model_config"]["n_embd"] == 8
     after = (out / "metrics.jsonl").read_text(encoding="utf-8")
     assert after.startswith(before) and len(after) > len(before)
+    # max_iters counts the whole run: a smaller one has nothing left to do, and says so
+    assert main(["train", "--resume", "--out_dir", str(out), "--max_iters", "5"]) == 0
+    assert ("note: max_iters counts all the run's iterations, and the checkpoint is at 20 already: nothing to "
+            "train (a larger --max_iters continues it)") in capsys.readouterr().out
+    assert load_checkpoint(out / "ckpt.npz")[1]["iter_num"] == 20
 
 
 def test_a_quoted_false_in_a_config_file_does_not_replace_a_trained_model(textfile, tmp_path, capsys):
@@ -236,6 +241,21 @@ def test_out_of_memory_is_one_line_and_a_huge_model_is_refused_before_it_is_buil
     assert main(train_args(textfile, out, "--batch_size", "1000000000000")) == 1      # 100 TB of ids alone
     assert_clean_error(capsys, "numgpt train: error: not enough memory (Unable to allocate",
                        "try a smaller --batch_size, --block_size or model")
+
+
+def test_resume_from_elsewhere_says_the_recorded_data_path_is_relative(textfile, tmp_path, monkeypatch, capsys):
+    work = textfile.parent
+    monkeypatch.chdir(work)
+    assert main(train_args(textfile.name, "run", "--max_iters", "2")) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    capsys.readouterr()
+    assert main(["train", "--resume", "--out_dir", str(work / "run"), "--max_iters", "4"]) == 1
+    assert_clean_error(capsys, f"data file {textfile.name} does not exist: the run in {work / 'run'} recorded its "
+                               f"--data relative to the directory it was started in, not {elsewhere}; resume from "
+                               f"that directory, or give --data")
+    assert main(["train", "--resume", "--out_dir", str(work / "run"), "--max_iters", "4", "--data", str(textfile)]) == 0
 
 
 def test_resume_without_checkpoint(tmp_path, capsys):
