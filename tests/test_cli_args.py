@@ -200,6 +200,8 @@ def test_top_level_help_describes_every_command(capsys):
     (["sample", "--seed", "-2"], "--seed must be an integer >= 0, got -2"),
     (["tokenizer", "train", "--data", "default", "--out", "tok", "--vocab_size", "-5"],
      "--vocab_size must be an integer >= 257, got -5"),
+    (["prepare", "--data", "x", "--out", "y", "--chunk_mb", "100000000000000"],
+     "--chunk_mb must be in [1, 1024], got 100000000000000"),
     (["plot", "--output", "loss.jpg"], "argument --output: expected a path ending in .png, got 'loss.jpg'"),
     (["attention", "--output", "maps"], "argument --output: expected a path ending in .png, got 'maps'"),
 ])
