@@ -12,6 +12,8 @@ A training run owns its ``out_dir``:
 * **No silent replacement.** A fresh run into a directory that already holds
   a checkpoint (``ckpt.npz``, or the best-validation ``best.npz``) is refused,
   naming ``--resume`` (continue it) and ``--overwrite`` (replace it).
+* **No leftovers.** The temporary files of saves cut short by ``kill -9`` are
+  removed once the lock is held (no other trainer can be writing them).
 * **One log per run.** A fresh run starts a new ``metrics.jsonl`` with its
   first line (so a run that fails before it, e.g. out of memory, leaves an
   earlier run's log beside that run's checkpoint).  A resumed
@@ -27,6 +29,7 @@ import contextlib
 import errno
 import json
 import os
+import re
 import socket
 import time
 
@@ -41,6 +44,9 @@ except ImportError:      # Windows
 
 METRICS_NAME = "metrics.jsonl"
 LOCK_NAME = "train.lock"
+# numgpt._atomic's temporary names for the files a trainer writes: ".ckpt.npz.<12 hex digits>.tmp"
+_LEFTOVER = re.compile(r"\.(?:%s)\.[0-9a-f]{12}\.tmp" % "|".join(
+    re.escape(n) for n in (CHECKPOINT_NAME, BEST_CHECKPOINT_NAME, METRICS_NAME)))
 
 
 class RunDirError(ValueError):
@@ -87,6 +93,7 @@ class RunDirectory:
         self._lock()
         try:
             self._check_checkpoint()
+            self._remove_leftover_temporaries()
         except BaseException:
             self.close()
             raise
@@ -114,6 +121,19 @@ class RunDirectory:
             if os.path.exists(path):
                 raise RunDirError(f"{path} already holds a trained model. Continue it with --resume, train "
                                   f"into another --out_dir, or pass --overwrite to replace it")
+
+    def _remove_leftover_temporaries(self):
+        """Delete the temporary files of saves that a kill -9 or a power cut stopped midway.
+
+        Each is as large as a checkpoint and nothing else would ever remove it; holding the lock
+        means no other trainer can be writing one now.
+        """
+        leftovers = [n for n in os.listdir(self.out_dir) if _LEFTOVER.fullmatch(n)]
+        for name in leftovers:
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(self.out_dir, name))
+        if leftovers:
+            self.log(f"note: removed {len(leftovers)} temporary file(s) of an interrupted save from {self.out_dir}")
 
     # --- the lock ------------------------------------------------------------------------------
 

@@ -140,6 +140,22 @@ def test_resume_and_overwrite_together_are_refused(textfile, tmp_path, capsys):
     assert (out / CHECKPOINT_NAME).read_bytes() == before
 
 
+def test_a_save_killed_midway_leaves_no_temporary_for_good(textfile, tmp_path):
+    # kill -9 during a save leaves ".ckpt.npz.<hex>.tmp", a checkpoint's worth of disk; the next run in the
+    # directory (which holds its lock) removes such files, and nothing else.
+    out = tmp_path / "run"
+    train(tiny(textfile, out, max_iters=4), log=quiet)
+    leftovers = [".ckpt.npz.0123456789ab.tmp", ".best.npz.a1b2c3d4e5f6.tmp", ".metrics.jsonl.ffffffffffff.tmp"]
+    kept = [".ckpt.npz.notours.tmp", "notes.txt", ".data.bin.0123456789ab.tmp"]
+    for name in leftovers + kept:
+        (out / name).write_bytes(b"half a checkpoint")
+    lines = []
+    train(tiny(textfile, out, max_iters=6, resume=True), log=lambda *a: lines.append(" ".join(map(str, a))))
+    assert f"note: removed 3 temporary file(s) of an interrupted save from {out}" in lines
+    assert sorted(n for n in os.listdir(out) if n not in (CHECKPOINT_NAME, METRICS_NAME, BEST_CHECKPOINT_NAME)) \
+        == sorted(kept)
+
+
 def test_resume_cuts_the_log_back_to_the_checkpoint(textfile, tmp_path):
     # A run killed at iteration 10 left a checkpoint of iteration 4 and a log that runs to 10;
     # resuming must log 5..12 once, exactly as an uninterrupted run does.
