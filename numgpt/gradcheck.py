@@ -81,13 +81,19 @@ def numerical_vjp(f, x, dout, h=None, order=2):
     """Gradient of ``<dout, f(x)>`` w.r.t. ``x`` by central differences, element by element.
 
     ``f`` maps an array shaped like ``x`` to an array shaped like ``dout`` (or a
-    scalar, with ``dout`` a scalar). ``x`` is perturbed in place and restored.
-    Costs ``order`` evaluations of ``f`` per element of ``x``.
+    scalar, with ``dout`` a scalar). ``x`` (a floating-point array) is perturbed
+    in place and restored, also when ``f`` raises. Costs ``order`` evaluations
+    of ``f`` per element of ``x``.
     """
+    if not (isinstance(x, np.ndarray) and x.dtype.kind == "f"):
+        raise TypeError(f"x must be a floating-point numpy array (a step h cannot perturb integers), got "
+                        f"{x.dtype if isinstance(x, np.ndarray) else type(x).__name__}")
     offsets, weights, denom = _stencil(order)
     h = default_step(x.dtype, order) if h is None else h
     dout = np.asarray(dout)
     grad = np.zeros_like(x)
+    if x.size == 0:
+        return grad
     flat_x = x.reshape(-1)           # a view: perturbing it perturbs x
     if not np.shares_memory(flat_x, x):
         raise ValueError("x must be contiguous so it can be perturbed in place")
@@ -95,15 +101,26 @@ def numerical_vjp(f, x, dout, h=None, order=2):
     for i in range(flat_x.size):
         old = flat_x[i]
         diff = 0.0
-        for off, w in zip(offsets, weights):
-            flat_x[i] = old + off * h
-            f_plus = np.asarray(f(x), dtype=np.float64)
-            flat_x[i] = old - off * h
-            f_minus = np.asarray(f(x), dtype=np.float64)
-            diff = diff + w * (f_plus - f_minus)    # combine outputs first, then contract with dout
-        flat_x[i] = old
+        try:
+            for off, w in zip(offsets, weights):
+                flat_x[i] = old + off * h
+                f_plus = _output(f(x), dout)
+                flat_x[i] = old - off * h
+                f_minus = _output(f(x), dout)
+                diff = diff + w * (f_plus - f_minus)    # combine outputs first, then contract with dout
+        finally:
+            flat_x[i] = old
         flat_g[i] = np.sum(diff * dout) / (denom * h)
     return grad
+
+
+def _output(out, dout):
+    """``f``'s output as a float64 array of its own: a view of ``x`` (an identity, a reshape)
+    would otherwise move with the next perturbation. Its shape must be ``dout``'s."""
+    out = np.array(out, dtype=np.float64)
+    if out.shape != dout.shape:
+        raise ValueError(f"dout has shape {dout.shape} but f(x) returns shape {out.shape}; they must match")
+    return out
 
 
 def numerical_gradient(f, x, h=None, order=2):
@@ -118,23 +135,36 @@ def rel_error(analytic, numeric, floor=None):
 
     ``floor`` defaults to ``1e-5 * max(1, max|a|, max|n|)`` (see the module docstring).
     """
-    a = np.asarray(analytic, dtype=np.float64)
-    n = np.asarray(numeric, dtype=np.float64)
-    if a.shape != n.shape:
-        raise ValueError(f"analytic and numeric gradients differ in shape: {a.shape} vs {n.shape}")
+    a, n = _same_shape(analytic, numeric)
     if a.size == 0:
         return 0.0
     if floor is None:
         floor = DEFAULT_FLOOR * max(1.0, float(np.abs(a).max()), float(np.abs(n).max()))
     scale = np.maximum(np.maximum(np.abs(a), np.abs(n)), floor)
-    return float(np.max(np.abs(a - n) / scale))
+    with np.errstate(invalid="ignore"):
+        errors = np.atleast_1d(np.abs(a - n) / scale)
+    errors[np.atleast_1d((a == n) & (scale == 0))] = 0.0      # 0 against 0 with floor=0 agrees exactly
+    return float(np.max(errors))
 
 
 def within_tolerance(analytic, numeric, rtol=1e-7, atol=1e-10):
-    """Element-wise ``|a - n| <= atol + rtol * max(|a|, |n|)`` for every element."""
+    """Element-wise ``|a - n| <= atol + rtol * max(|a|, |n|)`` for every element, all of them finite.
+
+    An inf or NaN on either side fails: ``inf <= rtol * inf`` would otherwise hold.
+    """
+    a, n = _same_shape(analytic, numeric)
+    if not (np.isfinite(a).all() and np.isfinite(n).all()):
+        return False
+    return bool(np.all(np.abs(a - n) <= atol + rtol * np.maximum(np.abs(a), np.abs(n))))
+
+
+def _same_shape(analytic, numeric):
+    """Both as float64 arrays of one shape: broadcasting would let a gradient missing its sum pass."""
     a = np.asarray(analytic, dtype=np.float64)
     n = np.asarray(numeric, dtype=np.float64)
-    return bool(np.all(np.abs(a - n) <= atol + rtol * np.maximum(np.abs(a), np.abs(n))))
+    if a.shape != n.shape:
+        raise ValueError(f"analytic and numeric gradients differ in shape: {a.shape} vs {n.shape}")
+    return a, n
 
 
 def adjoint_check(f, x, dout, grad, u=None, rng=None, h=None, order=4):
@@ -144,15 +174,19 @@ def adjoint_check(f, x, dout, grad, u=None, rng=None, h=None, order=4):
     with ``rel = |fd - analytic| / max(|fd|, |analytic|, floor)``. A direction
     ``u`` is drawn from ``rng`` when not given. Costs ``order`` forwards.
     """
+    if np.shape(grad) != np.shape(x):
+        raise ValueError(f"grad has shape {np.shape(grad)} but x has shape {np.shape(x)}; a gradient has its "
+                         f"input's shape (a parameter broadcast over rows needs its sum over them)")
     if u is None:
         rng = np.random.default_rng(0) if rng is None else rng
         u = rng.standard_normal(x.shape).astype(x.dtype)
     offsets, weights, denom = _stencil(order)
     h = default_step(x.dtype, order) if h is None else h
+    dout = np.asarray(dout)
     diff = 0.0
     for off, w in zip(offsets, weights):
-        f_plus = np.asarray(f(x + off * h * u), dtype=np.float64)
-        f_minus = np.asarray(f(x - off * h * u), dtype=np.float64)
+        f_plus = _output(f(x + off * h * u), dout)
+        f_minus = _output(f(x - off * h * u), dout)
         diff = diff + w * (f_plus - f_minus)
     fd = float(np.sum(diff * dout) / (denom * h))
     analytic = float(np.sum(np.asarray(grad, dtype=np.float64) * u))
@@ -191,7 +225,7 @@ class CheckResult:
 
 
 def _as_tuple(grads):
-    return grads if isinstance(grads, tuple) else (grads,)
+    return tuple(grads) if isinstance(grads, (tuple, list)) else (grads,)
 
 
 def _default_wrt(inputs):
@@ -237,7 +271,8 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
     """Check ``backward`` against finite differences of ``forward`` for each differentiable input.
 
     ``forward(*inputs) -> (out, cache)``; ``backward(dout, cache)`` returns one
-    gradient per entry of ``wrt`` (a single array when there is one), in order.
+    gradient per entry of ``wrt`` (a single array when there is one), in order,
+    then at most ``None`` for optional inputs left out (a bias of None).
     ``wrt`` defaults to the positions of every floating-point array among
     ``inputs``; other inputs (ids, targets, integers) are passed through. Bind
     keyword arguments and random generators with a lambda or functools.partial;
@@ -267,6 +302,9 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
     wrt = _default_wrt(inputs) if wrt is None else tuple(wrt)
     if not wrt:
         raise ValueError("no differentiable (floating-point array) input to check")
+    bad = [i for i in wrt if not (isinstance(i, (int, np.integer)) and 0 <= i < len(inputs))]
+    if bad:
+        raise ValueError(f"wrt holds {bad[0]!r}, not the position of one of the {len(inputs)} inputs")
     names = [f"input{i}" for i in range(len(inputs))] if names is None else list(names)
     if len(names) != len(inputs):
         raise ValueError(f"names has {len(names)} entries for {len(inputs)} inputs")
@@ -279,12 +317,17 @@ def check_layer(forward, backward, inputs, *, wrt=None, names=None, dout=None, s
     if dout is None:
         dout = rng.standard_normal(out.shape)
         dout = dout.astype(out.dtype) if out.ndim else float(dout)
+    elif np.shape(dout) != out.shape:
+        raise ValueError(f"dout has shape {np.shape(dout)} but the forward's output has shape {out.shape}")
     elif upcast and out_is_float and isinstance(dout, np.ndarray) and np.issubdtype(dout.dtype, np.floating):
         dout = dout.astype(out.dtype)          # the upstream gradient follows the forward's output
     out_dtype = str(out.dtype) if out_is_float else None
     grads = _as_tuple(backward(dout if np.ndim(dout) else float(dout), cache))
-    if len(grads) < len(wrt):
-        raise ValueError(f"backward returned {len(grads)} gradient(s) for {len(wrt)} differentiable inputs")
+    if len(grads) < len(wrt) or any(g is not None for g in grads[len(wrt):]):     # None: an absent input
+        which = ", ".join(names[i] for i in wrt)
+        raise ValueError(f"backward returned {len(grads)} gradient(s) for {len(wrt)} differentiable input(s) "
+                         f"({which}); it returns one per floating-point input, in order (integer inputs such "
+                         f"as ids have none), or pass wrt")
     results = []
     for pos, grad in zip(wrt, grads):
         x = inputs[pos]

@@ -391,9 +391,95 @@ def test_check_layer_bad_arguments():
         check_layer(tanh_forward, tanh_backward, (x,), names=("x", "y"))
     with pytest.raises(ValueError, match=r"no differentiable"):
         check_layer(lambda k: (np.ones(2) * k, None), lambda d, c: d, (np.arange(3),))
-    with pytest.raises(ValueError, match=r"backward returned 1 gradient\(s\) for 2 differentiable inputs"):
+    with pytest.raises(ValueError, match=r"backward returned 1 gradient\(s\) for 2 differentiable input\(s\)"):
         check_layer(scaled_product_forward, lambda d, c: scaled_product_backward(d, c)[0],
                     (x, np.ones(3), 2))
     with pytest.raises(ValueError, match=r"gradient for y has shape \(2,\), expected \(3,\)"):
         check_layer(scaled_product_forward, lambda d, c: (d, d[:2]), (x, np.ones(3), 2),
                     names=("x", "y", "k"))
+
+
+# --- what a user's own layer can get wrong, and the checker must not let pass -------------------------
+
+def test_an_infinite_or_nan_gradient_fails():
+    x = np.random.default_rng(0).standard_normal((2, 3))
+
+    def backward_with_inf(dout, cache):
+        grad = 2 * dout
+        grad[0, 0] = -np.inf
+        return grad
+
+    for method in ("full", "adjoint"):
+        (r,) = check_layer(lambda x: (2 * x, None), backward_with_inf, (x,), method=method)
+        assert not r.passed, method                     # inf <= atol + rtol * inf must not count as agreement
+    assert not within_tolerance([1.0, 2.0], [np.inf, 2.0]) and not within_tolerance([np.nan], [np.nan])
+    assert within_tolerance([1.0, 2.0], [1.0, 2.0])
+
+
+def test_a_gradient_missing_its_sum_is_refused_not_broadcast():
+    rng = np.random.default_rng(1)
+    X, w = rng.standard_normal((4, 3)), rng.standard_normal(3)
+    dout = rng.standard_normal((4, 3))
+    unsummed = dout * np.tanh(X)                        # (4, 3) for w of shape (3,): the sum over rows forgotten
+    with pytest.raises(ValueError, match=r"grad has shape \(4, 3\) but x has shape \(3,\)"):
+        adjoint_check(lambda w: w * np.tanh(X), w, dout, unsummed)
+    with pytest.raises(ValueError, match=r"differ in shape: \(4, 3\) vs \(3,\)"):
+        within_tolerance(np.ones((4, 3)), np.ones(3))
+    _, _, rel = adjoint_check(lambda w: w * np.tanh(X), w, dout, unsummed.sum(axis=0))
+    assert rel < 1e-9
+
+
+def test_numerical_vjp_refuses_what_it_cannot_difference():
+    with pytest.raises(TypeError, match="x must be a floating-point numpy array .* got int64"):
+        numerical_vjp(lambda z: z * 2.0, np.array([1, 2, 3]), np.ones(3), h=1e-3)
+    with pytest.raises(ValueError, match=r"dout has shape \(2, 3\) but f\(x\) returns shape \(3,\)"):
+        numerical_vjp(lambda z: z * 2.0, np.array([1.0, 2, 3]), np.ones((2, 3)))
+    assert numerical_vjp(lambda z: z * 2.0, np.empty((0, 3)), np.empty((0, 3))).shape == (0, 3)
+    x = np.array([1.0, 2.0, 3.0])
+
+    def fails_on_the_second_element(z):
+        if z[1] != 2.0:
+            raise RuntimeError("the user's forward failed")
+        return z
+
+    with pytest.raises(RuntimeError):
+        numerical_vjp(fails_on_the_second_element, x, np.ones(3))
+    np.testing.assert_array_equal(x, [1.0, 2.0, 3.0])   # restored, not left perturbed
+
+
+@pytest.mark.parametrize("view", [lambda x: x.reshape(-1), lambda x: x.T, lambda x: x[:, :2], lambda x: x])
+def test_a_forward_returning_a_view_of_its_input_is_checked_right(view):
+    # Right layers: the output moves with x, so each finite-difference output must be copied as it comes.
+    x = np.random.default_rng(2).standard_normal((3, 4))
+
+    def forward(x):
+        return view(x), x.shape
+
+    def backward(dout, shape):
+        grad = np.zeros(shape)
+        view(grad)[...] = dout
+        return grad
+
+    for method in ("full", "adjoint"):
+        (r,) = check_layer(forward, backward, (x,), method=method)
+        assert r.passed and r.max_rel_error < 1e-9, (method, r.max_rel_error)
+
+
+def test_check_layer_names_gradient_count_dout_and_wrt_mistakes():
+    x, y = np.ones(3), np.arange(3.0)
+    fwd = scaled_product_forward
+    # a gradient for the integer k as well: one more than the floating inputs, and not None
+    with pytest.raises(ValueError, match=r"backward returned 3 gradient\(s\) for 2 differentiable input\(s\) "
+                                         r"\(input0, input1\); .*integer inputs such as ids have none"):
+        check_layer(fwd, lambda d, c: (*scaled_product_backward(d, c), np.zeros(())), (x, y, 2))
+    results = check_layer(fwd, lambda d, c: list(scaled_product_backward(d, c)), (x, y, 2))   # a list is fine
+    assert [r.passed for r in results] == [True, True]
+    with pytest.raises(ValueError, match=r"dout has shape \(1, 3\) but the forward's output has shape \(3,\)"):
+        check_layer(fwd, scaled_product_backward, (x, y, 2), dout=np.ones((1, 3)))
+    with pytest.raises(ValueError, match=r"wrt holds 5, not the position of one of the 3 inputs"):
+        check_layer(fwd, scaled_product_backward, (x, y, 2), wrt=(0, 5))
+
+
+def test_rel_error_of_zeros_with_no_floor_is_zero():
+    assert rel_error(np.zeros(3), np.zeros(3), floor=0) == 0.0
+    assert rel_error(np.array([0.0, 1.0]), np.array([0.0, 2.0]), floor=0) == 0.5
