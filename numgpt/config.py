@@ -165,6 +165,9 @@ class TrainConfig:
         if self.init_from and not self.resume:
             from .gpt2 import gpt2_mismatch
 
+            if self.bias is False:
+                raise ValueError("--init_from loads GPT-2 weights, which have a bias in every linear and "
+                                 "layer-norm layer; --no-bias cannot hold them")
             differ = gpt2_mismatch(self.model_choices())
             if differ:
                 raise ValueError(f"--init_from loads GPT-2 weights, which need --preset gpt2; --preset "

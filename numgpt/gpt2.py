@@ -66,6 +66,7 @@ files in place.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -73,7 +74,7 @@ import os
 import numpy as np
 
 from ._atomic import atomic_writer
-from .model import GPT, GPT2_ARCHITECTURE, GPTConfig, gpt2_mismatch
+from .model import GPT, GPT2_ARCHITECTURE, GPTConfig, gpt2_mismatch, param_layout
 from .safetensors import read_safetensors, write_safetensors
 
 __all__ = [
@@ -165,7 +166,11 @@ def is_gpt2_path(path) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _config_int(hf: dict, names: tuple[str, ...], where: str) -> int:
+def _config_int(hf: dict, names: tuple[str, ...], where: str, *, agree=True) -> int:
+    given = {name: hf[name] for name in names if hf.get(name) is not None}
+    if agree and len(set(map(repr, given.values()))) > 1:
+        shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
+        raise ValueError(f"{where}: {shown} name one size with different values; keep one of them")
     for name in names:
         if name in hf and hf[name] is not None:
             value = hf[name]
@@ -185,7 +190,10 @@ def _config_from_hf(hf: dict, where: str, block_size, dropout) -> tuple[GPTConfi
         raise ValueError(f"{where}: model_type must be 'gpt2', got {model_type!r}")
     # GPT2Config also accepts the generic names (hidden_size, ...) as aliases.
     vocab = _config_int(hf, ("vocab_size",), where)
-    n_positions = _config_int(hf, ("n_positions", "max_position_embeddings", "n_ctx"), where)
+    # n_ctx is a legacy copy that transformers ignores: it may differ from n_positions.
+    n_positions = _config_int(hf, ("n_positions", "max_position_embeddings"), where) \
+        if any(hf.get(n) is not None for n in ("n_positions", "max_position_embeddings")) \
+        else _config_int(hf, ("n_ctx",), where)
     n_layer = _config_int(hf, ("n_layer", "num_hidden_layers"), where)
     n_head = _config_int(hf, ("n_head", "num_attention_heads"), where)
     n_embd = _config_int(hf, ("n_embd", "hidden_size"), where)
@@ -215,16 +223,22 @@ def _config_from_hf(hf: dict, where: str, block_size, dropout) -> tuple[GPTConfi
             or not 1 <= block_size <= n_positions:
         raise ValueError(f"load_gpt2: block_size must be an integer in [1, n_positions={n_positions}] "
                          f"(position embeddings can be cropped, not invented), got {block_size!r}")
-    config = GPTConfig(vocab_size=vocab, block_size=int(block_size), n_layer=n_layer,
-                       n_head=n_head, n_embd=n_embd, dropout=dropout, bias=True)
+    try:
+        config = GPTConfig(vocab_size=vocab, block_size=int(block_size), n_layer=n_layer,
+                           n_head=n_head, n_embd=n_embd, dropout=dropout, bias=True)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
     return config, n_positions
 
 
-def _hf_config(config: GPTConfig, dtype_name: str) -> dict:
-    """The config.json that ``GPT2LMHeadModel.from_pretrained`` reads for ``config``."""
-    # GPT-2's <|endoftext|> is the last id of its vocabulary; for other
-    # vocabularies the last id is as good a convention as any.
-    eos = config.vocab_size - 1
+GPT2_VOCAB_SIZE = 50257     # GPT-2's vocabulary, whose last id (50256) is <|endoftext|>
+
+
+def _hf_config(config: GPTConfig, dtype_name: str, eos) -> dict:
+    """The config.json that ``GPT2LMHeadModel.from_pretrained`` reads for ``config``.
+
+    ``eos`` is the end-of-text id, or None when the vocabulary has none (transformers' ``generate``
+    stops at it, so a guess would cut text short at an ordinary token)."""
     return {
         "activation_function": "gelu_new",
         "architectures": ["GPT2LMHeadModel"],
@@ -262,8 +276,7 @@ def _read_tensors(weights_path: str) -> dict[str, np.ndarray]:
     if not weights_path.endswith(".json"):
         tensors, _ = read_safetensors(weights_path)
         return tensors
-    with open(weights_path, encoding="utf-8") as f:
-        index = json.load(f)
+    index = _read_json(weights_path)
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict):
         raise ValueError(f"load_gpt2: {weights_path}: expected a 'weight_map' object of "
@@ -319,18 +332,15 @@ def load_gpt2(path, dtype=np.float32, block_size=None, *, dropout=0.0) -> GPT:
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"load_gpt2: dtype must be float32 or float64, got {dtype}")
-    try:
-        with open(config_path, encoding="utf-8") as f:
-            hf = json.load(f)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{config_path}: not valid JSON ({exc})") from None
-    config, n_positions = _config_from_hf(hf, config_path, block_size, dropout)
+    config, n_positions = _config_from_hf(_read_json(config_path), config_path, block_size, dropout)
 
     tensors, head = _numgpt_names(_read_tensors(weights_path), weights_path)
-    model = GPT(config, dtype=dtype, init=False)   # every parameter is overwritten below
-    # wpe is checked against the checkpoint's n_positions, then cropped.
+    if "wte" not in tensors and head is not None:
+        tensors["wte"] = head          # saved with only the head's name for the tied matrix (safetensors.torch)
+    # wpe is checked against the checkpoint's n_positions, then cropped. Checked before the model is
+    # built, so a config.json of absurd sizes is refused by its tensors, not by running out of memory.
     expected = {name: (shape if name != "wpe" else (n_positions, shape[1]))
-                for name, shape in model.layout}
+                for name, shape in param_layout(config)}
 
     missing = [name for name in expected if name not in tensors]
     unexpected = sorted(name for name in tensors if name not in expected)
@@ -350,14 +360,32 @@ def load_gpt2(path, dtype=np.float32, block_size=None, *, dropout=0.0) -> GPT:
         if tuple(array.shape) != shape:
             raise ValueError(f"{weights_path}: tensor {_TO_FILE.get(name, name)!r} has shape "
                              f"{tuple(array.shape)}, expected {shape} for {_describe(config, n_positions)}")
-        model.params[name][...] = array[:config.block_size] if name == "wpe" else array
-
     # The tie is the architecture; a different head cannot be represented.
     if head is not None and (tuple(head.shape) != expected["wte"]
                              or not np.array_equal(head, tensors["wte"])):
         raise ValueError(f"{weights_path}: {_HEAD} differs from wte.weight, but numgpt ties "
                          f"the output layer to the token embedding and cannot load an untied head")
+    model = GPT(config, dtype=dtype, init=False)   # every parameter is overwritten below
+    for name in expected:
+        array = tensors[name]
+        model.params[name][...] = array[:config.block_size] if name == "wpe" else array
     return model
+
+
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text, so not a JSON file ({exc})") from None
+
+
+def gpt2_positions(path) -> int:
+    """The ``n_positions`` of the GPT-2 checkpoint at ``path`` (read from its config.json alone)."""
+    _, config_path, _ = _locate(path)
+    return _config_from_hf(_read_json(config_path), config_path, None, 0.0)[1]
 
 
 def _describe(config: GPTConfig, n_positions: int) -> str:
@@ -391,7 +419,7 @@ _SAVE_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16"
                 "bfloat16": "bfloat16"}
 
 
-def save_gpt2(model: GPT, path, *, dtype=None) -> None:
+def save_gpt2(model: GPT, path, *, dtype=None, tokenizer=None, overwrite=False) -> None:
     """Write ``model`` as a Hugging Face GPT-2 directory: ``config.json`` + ``model.safetensors``.
 
     ``transformers.GPT2LMHeadModel.from_pretrained(path)`` loads the result,
@@ -402,8 +430,17 @@ def save_gpt2(model: GPT, path, *, dtype=None) -> None:
     stored precision: None (the model's own), ``"float32"``, ``"float16"``,
     ``"bfloat16"`` or ``"float64"``.
 
-    The directory is created if needed; each file is written atomically.
-    Only models with biases (``bias=True``) exist in GPT-2 format.
+    ``tokenizer``, a byte-level BPE tokenizer (GPT-2's or one numgpt trained),
+    is written beside the weights (``vocab.json``, ``merges.txt``), so that
+    ``numgpt sample --init_from`` and transformers find it, and its
+    ``<|endoftext|>`` becomes ``bos_token_id``/``eos_token_id``. Without one
+    those ids are GPT-2's 50256 for GPT-2's vocabulary size and null otherwise.
+
+    The directory is created if needed; each file is written atomically. A
+    directory that already holds a model (``config.json`` or weights) is
+    refused unless ``overwrite``, which also removes the old model's
+    ``generation_config.json``. Only models with biases (``bias=True``) exist
+    in GPT-2 format.
     """
     if not isinstance(model, GPT):
         raise TypeError(f"save_gpt2: model must be a numgpt GPT, got {type(model).__name__}")
@@ -425,9 +462,25 @@ def save_gpt2(model: GPT, path, *, dtype=None) -> None:
                              f"or 'float64', got {dtype!r}")
         dtype_name = _SAVE_DTYPES[key]
 
+    from .bpe import BPETokenizer
+
+    if tokenizer is not None:
+        if not isinstance(tokenizer, BPETokenizer):
+            raise TypeError(f"save_gpt2: tokenizer must be a byte-level BPE tokenizer (GPT-2's format has no "
+                            f"other), got {type(tokenizer).__name__}")
+        if tokenizer.vocab_size != model.config.vocab_size:
+            raise ValueError(f"save_gpt2: the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                             f"vocabulary is {model.config.vocab_size}")
+        eos = tokenizer.eot_token
+    else:
+        eos = GPT2_VOCAB_SIZE - 1 if model.config.vocab_size == GPT2_VOCAB_SIZE else None
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"save_gpt2: {path!r} exists and is not a directory")
+    present = [n for n in (CONFIG_NAME, WEIGHTS_NAME, INDEX_NAME) if os.path.exists(os.path.join(path, n))]
+    if present and not overwrite:
+        raise ValueError(f"save_gpt2: {path!r} already holds a model ({', '.join(present)}); save into "
+                         f"another directory, or pass overwrite=True to replace it")
     os.makedirs(path, exist_ok=True)
 
     tensors = {}
@@ -438,6 +491,11 @@ def save_gpt2(model: GPT, path, *, dtype=None) -> None:
     bf16 = set(tensors) if dtype_name == "bfloat16" else set()
     write_safetensors(os.path.join(path, WEIGHTS_NAME), tensors, {"format": "pt"}, bf16=bf16)
 
-    text = json.dumps(_hf_config(model.config, dtype_name), indent=2, sort_keys=True) + "\n"
+    text = json.dumps(_hf_config(model.config, dtype_name, eos), indent=2, sort_keys=True) + "\n"
     with atomic_writer(os.path.join(path, CONFIG_NAME)) as f:
         f.write(text.encode("utf-8"))
+    if present:                # the replaced model's generation settings (its eos id) would outlive it
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(os.path.join(path, "generation_config.json"))
+    if tokenizer is not None:
+        tokenizer.save(path)

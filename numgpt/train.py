@@ -480,8 +480,12 @@ class _Run:
 
 def _new_model(cfg, data, dtype, log):
     if cfg.init_from:
-        from .gpt2 import load_gpt2
+        from .gpt2 import gpt2_positions, load_gpt2
         model = load_gpt2(cfg.init_from, dtype=dtype, block_size=cfg.block_size)
+        n_positions = gpt2_positions(cfg.init_from)
+        if cfg.block_size < n_positions:
+            log(f"note: block_size {cfg.block_size} keeps the first {cfg.block_size} of the model's {n_positions} "
+                f"positions (the others are not in this run's checkpoints); --block_size {n_positions} keeps all")
         if model.config.vocab_size != data.vocab_size:
             raise ValueError(f"--init_from {cfg.init_from} has vocab_size {model.config.vocab_size} but its "
                              f"tokenizer has {data.vocab_size} tokens")

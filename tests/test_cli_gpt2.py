@@ -274,6 +274,8 @@ def test_finetune_crops_context_and_lowers_the_loss(gpt2_dir, textfile, bpe, tmp
     assert main(finetune_args(directory, textfile, out, "--max_iters", "5")) == 0
     stdout = capsys.readouterr().out
     assert "fine-tuning" in stdout and "done: 5 iterations" in stdout
+    assert ("note: block_size 16 keeps the first 16 of the model's 32 positions (the others are not in this "
+            "run's checkpoints); --block_size 32 keeps all") in stdout
 
     model, tokenizer, meta, arrays = load_run(out / "ckpt.npz")
     assert tokenizer == bpe                                    # the directory's tokenizer, kept

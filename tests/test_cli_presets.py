@@ -107,6 +107,8 @@ def test_bad_flags_are_usage_errors(argv, fragment, capsys):
      "--init_from loads GPT-2 weights, which need --preset gpt2; --preset modern (norm='rmsnorm', "
      "position='rope', mlp='relu2', qk_norm=True, tie_head=False) cannot hold them"),
     (["--init_from", "gpt2", "--position", "rope"], "--preset gpt2 (position='rope') cannot hold them"),
+    (["--init_from", "gpt2", "--no-bias"], "--init_from loads GPT-2 weights, which have a bias in every linear "
+                                           "and layer-norm layer; --no-bias cannot hold them"),
 ])
 def test_bad_values_give_one_line_usage_errors(textfile, tmp_path, extra, fragment, capsys):
     out = tmp_path / "out"

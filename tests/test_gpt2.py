@@ -166,12 +166,42 @@ def test_save_in_half_precision(tmp_path, stored):
         np.testing.assert_array_equal(loaded.params[name], rounded, err_msg=name)
 
 
-def test_save_overwrites_an_earlier_save(tmp_path):
-    save_gpt2(random_model(seed=1), tmp_path)
+def test_save_replaces_an_earlier_model_only_when_asked(tmp_path):
+    first = random_model(seed=1)
+    save_gpt2(first, tmp_path)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": 49}')     # as transformers writes
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)}
     model = random_model(GPTConfig(30, 8, 1, 1, 4), seed=2)
-    save_gpt2(model, tmp_path)
+    with pytest.raises(ValueError, match=r"already holds a model \(config.json, model.safetensors\); save into "
+                                         r"another directory, or pass overwrite=True"):
+        save_gpt2(model, tmp_path)          # e.g. a GPT-2 download: its weights are not lost to a slip
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path)} == before
+    save_gpt2(model, tmp_path, overwrite=True)
     np.testing.assert_array_equal(load_gpt2(tmp_path).flat_params, model.flat_params)
-    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]   # no temp files
+    # no temp files, and the old model's generation settings (its eos id) are gone with it
+    assert sorted(os.listdir(tmp_path)) == ["config.json", "model.safetensors"]
+
+
+def test_saved_end_of_text_id_is_the_tokenizers_or_none(tmp_path):
+    from numgpt.bpe import train_bpe
+
+    def eos(directory):
+        config = json.loads((directory / "config.json").read_text())
+        assert config["bos_token_id"] == config["eos_token_id"]
+        return config["eos_token_id"]
+
+    save_gpt2(random_model(), tmp_path / "plain")                   # 50 tokens, no tokenizer: no guess
+    assert eos(tmp_path / "plain") is None
+    tokenizer = train_bpe("the cat sat on the mat " * 40, 300)       # stops early: fewer merges to learn
+    V = tokenizer.vocab_size
+    model = random_model(GPTConfig(vocab_size=V, block_size=16, n_layer=1, n_head=2, n_embd=8))
+    save_gpt2(model, tmp_path / "bpe", tokenizer=tokenizer)
+    assert eos(tmp_path / "bpe") == tokenizer.eot_token is not None
+    assert load_gpt2_tokenizer(tmp_path / "bpe") == tokenizer      # written beside the weights
+    with pytest.raises(ValueError, match=f"the tokenizer has {V} tokens but the model's vocabulary is 50"):
+        save_gpt2(random_model(), tmp_path / "wrong", tokenizer=tokenizer)
+    with pytest.raises(TypeError, match="tokenizer must be a byte-level BPE tokenizer"):
+        save_gpt2(random_model(), tmp_path / "wrong", tokenizer="gpt2")
 
 
 @pytest.mark.parametrize("choice, shown", [({"norm": "rmsnorm"}, "norm='rmsnorm'"),
@@ -236,6 +266,44 @@ def test_loads_transformers_style_directory(tmp_path, stored):
     logits = loaded.forward(ids)
     assert logits.shape == (2, 16, 50) and np.isfinite(logits).all()
     np.testing.assert_array_equal(logits, expected.forward(ids))
+
+
+def test_loads_a_file_that_names_the_tied_matrix_only_lm_head(tmp_path):
+    # safetensors.torch.save_model keeps one name for tied tensors, here the head's
+    source = random_model()
+    tensors = hf_style_dir(tmp_path, source)
+    del tensors["transformer.wte.weight"]
+    write_safetensors(os.path.join(tmp_path, "model.safetensors"), tensors, {"format": "pt"})
+    np.testing.assert_array_equal(load_gpt2(tmp_path).flat_params, source.flat_params)
+
+
+def test_config_mistakes_name_the_file(tmp_path):
+    source = random_model()
+    save_gpt2(source, tmp_path)
+    where = str(tmp_path / "config.json")
+    write_config(tmp_path, n_head=3)
+    with pytest.raises(ValueError, match=rf"{where}: .*n_embd=8 must be divisible by n_head=3"):
+        load_gpt2(tmp_path)
+    # transformers would take one of the two; numgpt refuses to guess which
+    write_config(tmp_path, num_attention_heads=4)
+    with pytest.raises(ValueError, match=rf"{where}: n_head=2, num_attention_heads=4 name one size with "
+                                         rf"different values"):
+        load_gpt2(tmp_path)
+    write_config(tmp_path, n_ctx=1024)                   # a legacy field transformers ignores: fine
+    assert load_gpt2(tmp_path).config == TINY
+    # absurd sizes are refused by the tensors before any memory is asked for
+    write_config(tmp_path, vocab_size=10**11, n_positions=10**12)
+    with pytest.raises(ValueError, match=r"tensor 'wte.weight' has shape \(50, 8\), expected \(100000000000, 8\)"):
+        load_gpt2(tmp_path, block_size=16)
+
+
+def test_a_bad_shard_index_names_the_file(tmp_path):
+    source = random_model()
+    save_gpt2(source, tmp_path)
+    os.rename(tmp_path / "model.safetensors", tmp_path / "model-00001-of-00001.safetensors")
+    (tmp_path / "model.safetensors.index.json").write_text("not json")
+    with pytest.raises(ValueError, match=r"model.safetensors.index.json: not valid JSON"):
+        load_gpt2(tmp_path)
 
 
 def test_loads_bare_names_as_published(tmp_path):
@@ -420,9 +488,12 @@ def test_other_files_and_bad_json_are_refused(tmp_path):
         load_gpt2(tmp_path / "weights.bin")
     save_gpt2(random_model(), tmp_path)
     (tmp_path / "config.json").write_text("{not json")
-    with pytest.raises(ValueError, match="not valid JSON"):
+    with pytest.raises(ValueError, match="config.json: not valid JSON"):
         load_gpt2(tmp_path)
-    save_gpt2(random_model(), tmp_path)
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe{}")
+    with pytest.raises(ValueError, match="config.json: not UTF-8 text, so not a JSON file"):
+        load_gpt2(tmp_path)
+    save_gpt2(random_model(), tmp_path, overwrite=True)
     with pytest.raises(TypeError, match="float32 or float64"):
         load_gpt2(tmp_path, dtype=np.float16)
 
