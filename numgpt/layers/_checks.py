@@ -7,19 +7,35 @@ silently broadcast wrong answer). The checks are O(1) except the id range
 checks, which are one pass over an integer array.
 """
 
+import math
+import numbers
+
 import numpy as np
 
 
 def check_float_array(name, x, ndim=None, min_ndim=None):
-    """``x`` must be a floating-point ndarray (of rank ``ndim`` or at least ``min_ndim``)."""
+    """``x`` must be a float32 or wider ndarray (of rank ``ndim`` or at least ``min_ndim``).
+
+    float16 is refused: its largest value is 65504, so a row's sum of squares (layer norm, RMSNorm)
+    or a squared activation (GELU's backward) overflows at ordinary sizes and the result is silently
+    zero or NaN.
+    """
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy.ndarray, got {type(x).__name__}")
-    if x.dtype.kind != "f":       # np.issubdtype(x.dtype, np.floating), 10x cheaper in the hot path
-        raise TypeError(f"{name} must have a floating dtype (float32 or float64), got {x.dtype}")
+    if x.dtype.kind != "f" or x.dtype.itemsize < 4:   # kind: np.issubdtype's answer, 10x cheaper in the hot path
+        raise TypeError(f"{name} must have a floating dtype of float32 or wider (float32 or float64), "
+                        f"got {x.dtype}")
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {x.shape}")
     if min_ndim is not None and x.ndim < min_ndim:
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {x.shape}")
+
+
+def check_number_above(name, value, low):
+    """``value`` must be a finite real number (not a bool, a string or an array) above ``low``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
+            or not value > low:
+        raise ValueError(f"{name} must be a finite number above {low:g}, got {value!r}")
 
 
 def check_int_array(name, x, ndim=None):

@@ -86,8 +86,9 @@ def softmax_cross_entropy_backward(dloss=1.0, cache=None, *, overwrite_cache=Fal
         raise TypeError("softmax_cross_entropy_backward needs the cache returned by the forward")
     probs, rows, yv, count, shape = cache
     dloss_arr = np.asarray(dloss)
-    if dloss_arr.shape != () or not np.issubdtype(dloss_arr.dtype, np.number):
-        raise ValueError(f"dloss must be a scalar (the loss is a scalar), got shape {dloss_arr.shape}")
+    if dloss_arr.shape != () or dloss_arr.dtype.kind not in "iuf":
+        got = f"shape {dloss_arr.shape}" if dloss_arr.shape != () else repr(dloss)
+        raise ValueError(f"dloss must be a real scalar (the loss is a real scalar), got {got}")
     V = probs.shape[1]
     if overwrite_cache:
         dlogits = probs                                    # (N, V), p - onehot in place

@@ -14,7 +14,8 @@ With :math:`t = \tanh u` and :math:`\operatorname{sech}^2 u = 1 - t^2`:
     \frac{dy}{dx} = \tfrac12 (1 + t) + \tfrac12\, x\, (1 - t^2)\, k\, (1 + 3 a x^2)
 
 Computing sech² as 1 - t² = 4 s (1 - s) reuses the forward's gate and never overflows
-(``1/cosh(u)**2`` does for large ``|u|``). The forward caches
+(``1/cosh(u)**2`` does for large ``|u|``); the polynomial factor does, only beyond
+``|x|`` of about 1.2e13 in float32 (9e102 in float64), where dx is NaN (docs/derivations/gelu.md, 4.1). The forward caches
 :math:`s = \tfrac12(1 + t)` (it needs it for y = x s anyway), and
 :math:`1 - t^2 = 4 s (1 - s)`, so
 

@@ -26,7 +26,7 @@ where the bar is the mean over the C features of the row. Hence
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_same_dtype, column_sum, row_dot, row_sum
+from ._checks import check_dout, check_float_array, check_number_above, check_same_dtype, column_sum, row_dot, row_sum
 
 
 def layernorm_forward(x, weight, bias, eps=1e-5):
@@ -41,8 +41,7 @@ def layernorm_forward(x, weight, bias, eps=1e-5):
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"weight and bias must have shape ({C},) for x of shape {x.shape}, "
                          f"got weight {weight.shape} and bias {bias.shape}")
-    if not eps > 0:
-        raise ValueError(f"eps must be positive, got {eps}")
+    check_number_above("eps", eps, 0)
     mean = row_sum(x) * (1.0 / C)                          # (..., 1)
     xhat = x - mean                                        # (..., C), centred; normalised below
     var = row_dot(xhat, xhat) * (1.0 / C)                  # (..., 1), biased variance

@@ -34,7 +34,7 @@ queries and keys of shape (B, H, T, D), over D. Derivation: docs/derivations/rms
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_same_dtype, row_dot
+from ._checks import check_dout, check_float_array, check_number_above, check_same_dtype, row_dot
 
 RMSNORM_EPS = 1e-6
 
@@ -50,8 +50,7 @@ def rmsnorm_forward(x, weight=None, eps=RMSNORM_EPS):
         check_same_dtype(x=x, weight=weight)
         if weight.shape != (C,):
             raise ValueError(f"weight must have shape ({C},) for x of shape {x.shape}, got {weight.shape}")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)) or not eps > 0:
-        raise ValueError(f"eps must be a positive number, got {eps!r}")
+    check_number_above("eps", eps, 0)
     ms = row_dot(x, x) * (1.0 / C)                         # (..., 1), mean of squares m
     rstd = 1.0 / np.sqrt(ms + float(eps))                  # (..., 1), r; a Python float keeps the dtype
     out = x * rstd                                         # (..., C), xhat

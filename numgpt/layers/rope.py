@@ -36,7 +36,7 @@ Derivation: docs/derivations/rope.md.
 
 import numpy as np
 
-from ._checks import check_dout, check_float_array, check_int_array
+from ._checks import check_dout, check_float_array, check_int_array, check_number_above
 
 ROPE_BASE = 10000.0
 
@@ -73,8 +73,7 @@ def rope_forward(x, pos=0, base=ROPE_BASE):
     B, H, T, D = x.shape
     if D % 2:
         raise ValueError(f"x must have an even head_dim (features rotate in pairs), got shape {x.shape}")
-    if not base > 1:
-        raise ValueError(f"base must be greater than 1, got {base!r}")
+    check_number_above("base", base, 1)
     positions = _positions(pos, T)
     cos, sin = rope_angles(positions, D, base, x.dtype)  # (T, D/2) each
     half = D // 2

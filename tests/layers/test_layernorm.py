@@ -6,6 +6,8 @@ is not dominated by eps. Gradient checks run in float64 and must reach a
 relative error below 1e-7.
 """
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -210,8 +212,12 @@ def test_bad_inputs_name_the_argument():
         layernorm_forward(x, weight.astype(np.float32), bias)
     with pytest.raises(TypeError, match=r"bias has dtype float32 but x has dtype float64"):
         layernorm_forward(x, weight, bias.astype(np.float32))
-    with pytest.raises(ValueError, match=r"eps must be positive, got 0"):
-        layernorm_forward(x, weight, bias, eps=0.0)
+    for bad in (0.0, -1e-5, "1e-5", None, np.inf, np.array([1e-5])):
+        with pytest.raises(ValueError, match=r"eps must be a finite number above 0, got " + re.escape(repr(bad))):
+            layernorm_forward(x, weight, bias, eps=bad)
+    layernorm_forward(x, weight, bias, eps=np.float32(1e-5))          # a NumPy scalar is a number
+    with pytest.raises(TypeError, match=r"x must have a floating dtype of float32 or wider .* got float16"):
+        layernorm_forward(x.astype(np.float16), weight.astype(np.float16), bias.astype(np.float16))
 
 
 def test_backward_rejects_a_wrong_dout():

@@ -288,10 +288,11 @@ def test_bad_inputs_name_the_argument():
         rmsnorm_forward(x, weight[:5])
     with pytest.raises(TypeError, match=r"weight has dtype float32 but x has dtype float64"):
         rmsnorm_forward(x, weight.astype(np.float32))
-    with pytest.raises(ValueError, match=r"eps must be a positive number, got 0.0"):
+    with pytest.raises(ValueError, match=r"eps must be a finite number above 0, got 0.0"):
         rmsnorm_forward(x, eps=0.0)
-    with pytest.raises(ValueError, match=r"eps must be a positive number, got None"):
+    with pytest.raises(ValueError, match=r"eps must be a finite number above 0, got None"):
         rmsnorm_forward(x, eps=None)
+    rmsnorm_forward(x, eps=np.int64(1))                 # a NumPy integer is a number
 
 
 def test_backward_rejects_a_wrong_dout():

@@ -6,6 +6,8 @@ two halves); the backward must be the rotation by the negative angles. Gradient
 checks run in float64 and must reach a relative error below 1e-7.
 """
 
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -239,8 +241,9 @@ def test_bad_inputs_name_the_argument():
         rope_forward(x, np.zeros(3))
     with pytest.raises(ValueError, match=r"pos must hold one position per step, shape \(3,\), got \(4,\)"):
         rope_forward(x, np.arange(4))
-    with pytest.raises(ValueError, match=r"base must be greater than 1, got 1.0"):
-        rope_forward(x, 0, base=1.0)
+    for bad in (1.0, "10000", None):
+        with pytest.raises(ValueError, match=r"base must be a finite number above 1, got " + re.escape(repr(bad))):
+            rope_forward(x, 0, base=bad)
     _, cache = rope_forward(x)
     with pytest.raises(ValueError, match=r"dout must have the forward output's shape \(1, 2, 3, 4\), got \(2, 1, 3, 4\)"):
         rope_backward(np.zeros((2, 1, 3, 4)), cache)
