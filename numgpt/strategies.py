@@ -48,6 +48,8 @@ the property (``numgpt.gradcheck.check_layer`` on drawn inputs), and the
 negative control that shows the property catches a wrong backward.
 """
 
+import math
+
 import numpy as np
 
 try:
@@ -138,9 +140,15 @@ def dims(min_dims=1, max_dims=3, min_side=1, max_side=4, max_size=None):
         raise ValueError(f"max_size={max_size} is below the smallest shape allowed "
                          f"({min_dims} sides of at least {min_side})")
 
+    most_dims = max_dims
+    if max_size is not None and min_side > 1:         # more axes than this cannot fit at their smallest side
+        most_dims = min_dims
+        while most_dims < max_dims and min_side ** (most_dims + 1) <= max_size:
+            most_dims += 1
+
     @st.composite
     def draw_shape(draw):
-        n = draw(st.integers(min_dims, max_dims))
+        n = draw(st.integers(min_dims, most_dims))
         shape = []
         budget = max_size
         for i in range(n):
@@ -192,23 +200,25 @@ def float_arrays(shape, dtype=np.float64, min_value=-3.0, max_value=3.0, min_row
     """
     shape = _shape(shape)
     dtype = _float_dtype(dtype)
-    if not min_value < max_value:
-        raise ValueError(f"need min_value < max_value, got min_value={min_value}, max_value={max_value}")
+    if not (math.isfinite(min_value) and math.isfinite(max_value) and min_value < max_value):
+        raise ValueError(f"need finite min_value < max_value, got min_value={min_value}, max_value={max_value}")
+    lo, hi = _inward_bounds(min_value, max_value, dtype)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
+        raise ValueError(f"[{min_value}, {max_value}] holds no finite {dtype} value")
     if min_row_spread is None:
         min_row_spread = (max_value - min_value) / 4.0
-    if not 0 <= min_row_spread <= max_value - min_value:
-        raise ValueError(f"min_row_spread must be in [0, max_value - min_value = {max_value - min_value}], "
-                         f"got {min_row_spread}")
+    widest = float(hi) - float(lo)        # exact: the difference of two values of dtype, in float64
+    if not 0 <= min_row_spread <= widest:
+        raise ValueError(f"min_row_spread must be in [0, {widest!r}] (the widest row of {dtype} values in "
+                         f"[{min_value}, {max_value}]), got {min_row_spread}")
     base = _elementwise(dtype, shape, _bounded_floats(min_value, max_value, dtype))
     if len(shape) == 0 or shape[-1] < 2 or min_row_spread == 0:
         return base
 
-    lo, hi = _inward_bounds(min_value, max_value, dtype)
-
     def spread_rows(x):
         x = x.copy()
         rows = x.reshape(-1, shape[-1])                   # a view of the copy
-        narrow = np.ptp(rows, axis=1) < min_row_spread
+        narrow = np.ptp(rows.astype(np.float64), axis=1) < min_row_spread
         rows[narrow, 0] = lo
         rows[narrow, -1] = hi
         return x
@@ -254,8 +264,8 @@ def upstream_grads(shape, dtype=np.float64, scale=1.0):
     """
     shape = _shape(shape)
     dtype = _float_dtype(dtype)
-    if not scale > 0:
-        raise ValueError(f"scale must be positive, got {scale}")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a finite positive number, got {scale}")
     base = _elementwise(dtype, shape, _bounded_floats(-scale, scale, dtype))
     big = dtype.type(0.75 * scale)
 

@@ -10,7 +10,8 @@ import sys
 
 import numpy as np
 import pytest
-from hypothesis import find, given
+from hypothesis import assume, find, given
+from hypothesis.errors import NoSuchExample
 from hypothesis import strategies as st
 
 from numgpt import strategies as ns
@@ -26,15 +27,23 @@ def test_importing_numgpt_does_not_import_hypothesis():
 # -- shapes ----------------------------------------------------------------------------------
 
 
-@given(st.data(), st.integers(0, 3), st.integers(0, 3), st.integers(1, 5), st.integers(1, 200))
-def test_dims_respects_every_bound(data, min_dims, extra_dims, max_side, max_size):
-    max_dims = min_dims + extra_dims
-    max_size = max(max_size, 1)
-    shape = data.draw(ns.dims(min_dims=min_dims, max_dims=max_dims, min_side=1, max_side=max_side,
+@given(st.data(), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(0, 3), st.integers(1, 200))
+def test_dims_respects_every_bound(data, min_dims, extra_dims, min_side, extra_side, max_size):
+    # min_side above 1 included: more axes than min_side ** n <= max_size allows must not be drawn
+    max_dims, max_side = min_dims + extra_dims, min_side + extra_side
+    assume(max_size >= max(min_side, 1) ** min_dims)
+    shape = data.draw(ns.dims(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side,
                               max_size=max_size))
     assert min_dims <= len(shape) <= max_dims
-    assert all(1 <= s <= max_side for s in shape)
+    assert all(min_side <= s <= max_side for s in shape)
     assert int(np.prod(shape)) <= max_size
+
+
+def test_dims_draws_no_more_axes_than_fit_at_their_smallest_side():
+    # three axes of at least 2 need 8 elements: with max_size 4 at most two axes can be drawn
+    with pytest.raises(NoSuchExample):
+        find(ns.dims(min_dims=1, max_dims=3, min_side=2, max_size=4), lambda s: int(np.prod(s)) > 4)
+    assert find(ns.dims(min_dims=1, max_dims=3, min_side=2, max_size=4), lambda s: len(s) == 2) == (2, 2)
 
 
 def test_dims_rejects_impossible_bounds():
@@ -93,8 +102,16 @@ def test_float_arrays_respect_a_custom_spread_and_reject_bad_arguments():
     assert np.all(np.ptp(x, axis=1) >= 3.5)
     with pytest.raises(ValueError, match=r"min_value < max_value.*min_value=1, max_value=1"):
         ns.float_arrays((2,), min_value=1, max_value=1)
-    with pytest.raises(ValueError, match=r"min_row_spread must be in \[0, max_value - min_value = 6.0\], got 7"):
+    with pytest.raises(ValueError, match=r"need finite min_value < max_value, got min_value=-inf, max_value=inf"):
+        ns.float_arrays((2,), min_value=-np.inf, max_value=np.inf)
+    with pytest.raises(ValueError, match=r"min_row_spread must be in \[0, 6.0\] \(the widest row of float64 values "
+                                         r"in \[-3.0, 3.0\]\), got 7"):
         ns.float_arrays((2,), min_row_spread=7)
+    # bounds float32 cannot hold exactly are rounded inwards, so the widest row is a little narrower
+    with pytest.raises(ValueError, match=r"min_row_spread must be in \[0, 0.1999999880790710[0-9]*\]"):
+        ns.float_arrays((3,), np.float32, -0.1, 0.1, min_row_spread=0.2)
+    x = find(ns.float_arrays((3,), np.float32, -0.1, 0.1, min_row_spread=0.19999998), lambda a: True)
+    assert np.ptp(x.astype(np.float64)) >= 0.19999998
     with pytest.raises(TypeError, match=r"dtype must be float16, float32 or float64, got int64"):
         ns.float_arrays((2,), dtype=np.int64)
     with pytest.raises(TypeError, match=r"shape must be an int or a tuple of ints"):
@@ -137,8 +154,10 @@ def test_minimal_upstream_grads_are_informative(shape):
     d = find(ns.upstream_grads(shape), lambda a: True)
     assert np.max(np.abs(d)) >= 0.25
     assert d.size == 1 or np.unique(d).size > 1
-    with pytest.raises(ValueError, match=r"scale must be positive, got 0"):
+    with pytest.raises(ValueError, match=r"scale must be a finite positive number, got 0"):
         ns.upstream_grads(shape, scale=0)
+    with pytest.raises(ValueError, match=r"scale must be a finite positive number, got inf"):
+        ns.upstream_grads(shape, scale=np.inf)
 
 
 # -- integers ---------------------------------------------------------------------------------
