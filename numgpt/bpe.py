@@ -115,6 +115,7 @@ __all__ = [
 
 EOT = "<|endoftext|>"
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "special_tokens_map.json")   # what BPETokenizer.save writes
+TOKENIZER_JSON = "tokenizer.json"       # Hugging Face's one-file form, read by BPETokenizer.from_tokenizer_json
 """GPT-2's end-of-text special token, the separator between documents."""
 
 
@@ -321,6 +322,17 @@ def _json_object(text: str, path: str, what: str, expected: str) -> dict:
             f"{what} file {path!r} must hold {expected}, got a JSON {type(value).__name__}"
         )
     return value
+
+
+def _is_byte_level(pre_tokenizer) -> bool:
+    """Whether a tokenizer.json pre_tokenizer is GPT-2's: ByteLevel without a prefix space, alone
+    or in a Sequence (with the GPT-2 split pattern, which numgpt's pre-tokenizer applies anyway)."""
+    if not isinstance(pre_tokenizer, dict):
+        return False
+    if pre_tokenizer.get("type") == "Sequence":
+        parts = pre_tokenizer.get("pretokenizers") or []
+        return any(_is_byte_level(p) for p in parts)
+    return pre_tokenizer.get("type") == "ByteLevel" and not pre_tokenizer.get("add_prefix_space", False)
 
 
 def _parse_vocab(text: str, path: str) -> dict[str, int]:
@@ -738,10 +750,51 @@ class BPETokenizer:
             raise ValueError(f"{vocab_path!r} with {merges_path!r}: {err}") from None
 
     @classmethod
+    def from_tokenizer_json(cls, path) -> BPETokenizer:
+        """Load a Hugging Face ``tokenizer.json`` (the one file ``tokenizers`` and
+        transformers' fast tokenizers write) holding a byte-level BPE model."""
+        path = os.fspath(path)
+        spec = _json_object(_read_text(path, "tokenizer"), path, "tokenizer", "a JSON object")
+        model = spec.get("model")
+        if not isinstance(model, dict) or model.get("type") != "BPE":
+            found = model.get("type") if isinstance(model, dict) else model
+            raise ValueError(f"tokenizer file {path!r}: numgpt reads byte-level BPE models, this one is {found!r}")
+        if not _is_byte_level(spec.get("pre_tokenizer")):
+            raise ValueError(f"tokenizer file {path!r}: its pre_tokenizer is not GPT-2's ByteLevel one "
+                             f"(without a prefix space), which is the only one numgpt implements")
+        encoder, raw_merges = model.get("vocab"), model.get("merges")
+        if not isinstance(encoder, dict) or not all(type(i) is int for i in encoder.values()):
+            raise ValueError(f"tokenizer file {path!r}: model.vocab must map tokens to integer ids")
+        if not isinstance(raw_merges, list):
+            raise ValueError(f"tokenizer file {path!r}: model.merges must be a list")
+        merges = []
+        for rank, merge in enumerate(raw_merges):
+            pair = merge.split(" ") if isinstance(merge, str) else merge    # "a b" (older) or ["a", "b"]
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(t, str) and t for t in pair)):
+                raise ValueError(f"tokenizer file {path!r}: merge {rank} must be two tokens, got {merge!r}")
+            merges.append((pair[0], pair[1]))
+        encoder, special = dict(encoder), []
+        for added in spec.get("added_tokens") or []:
+            if not (isinstance(added, dict) and isinstance(added.get("content"), str)
+                    and type(added.get("id")) is int):
+                raise ValueError(f"tokenizer file {path!r}: an added token needs 'id' and 'content', got {added!r}")
+            if encoder.setdefault(added["content"], added["id"]) != added["id"]:
+                raise ValueError(f"tokenizer file {path!r}: added token {added['content']!r} has id {added['id']} "
+                                 f"but the vocabulary gives it {encoder[added['content']]}")
+            if added.get("special"):
+                special.append(added["content"])
+        try:
+            return cls(encoder, merges, special)
+        except _MergeError as err:
+            raise ValueError(f"tokenizer file {path!r}, merge {err.rank}: {err}") from None
+        except ValueError as err:
+            raise ValueError(f"tokenizer file {path!r}: {err}") from None
+
+    @classmethod
     def from_dir(cls, path) -> BPETokenizer:
         """Load a directory in Hugging Face layout (``vocab.json`` +
-        ``merges.txt``, plus ``special_tokens_map.json`` if present) or
-        OpenAI layout (``encoder.json`` + ``vocab.bpe``)."""
+        ``merges.txt``, plus ``special_tokens_map.json`` if present; or a
+        ``tokenizer.json`` alone) or OpenAI layout (``encoder.json`` + ``vocab.bpe``)."""
         path = os.fspath(path)
         if not os.path.exists(path):
             raise TokenizerFileError(2, "tokenizer directory not found", path)
@@ -764,10 +817,12 @@ class BPETokenizer:
                         _read_text(map_path, "special tokens"), map_path
                     )
                 return cls.from_files(vocab_path, merges_path, special)
+        if os.path.exists(os.path.join(path, TOKENIZER_JSON)):
+            return cls.from_tokenizer_json(os.path.join(path, TOKENIZER_JSON))
         present = sorted(os.listdir(path))
         raise TokenizerFileError(
             2,
-            "no tokenizer files: expected vocab.json + merges.txt (Hugging Face) or "
+            "no tokenizer files: expected vocab.json + merges.txt or tokenizer.json (Hugging Face), or "
             f"encoder.json + vocab.bpe (OpenAI); the directory holds {present[:10]!r}",
             path,
         )

@@ -653,7 +653,7 @@ def load_for_inference(out_dir=None, *, init_from=None, dtype=None, best=False):
         model = load_gpt2(init_from, dtype=dtype or np.float32)
         tokenizer = load_gpt2_tokenizer(init_from)
         if tokenizer is None:
-            raise ValueError(f"{init_from} has no GPT-2 tokenizer files (vocab.json + merges.txt)")
+            raise ValueError(f"{init_from} has no GPT-2 tokenizer files (vocab.json + merges.txt, or tokenizer.json)")
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ValueError(f"init_from {init_from} has vocab_size {model.config.vocab_size} but its "
                              f"tokenizer has {tokenizer.vocab_size} tokens")

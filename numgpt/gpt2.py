@@ -398,14 +398,14 @@ def _describe(config: GPTConfig, n_positions: int) -> str:
 def load_gpt2_tokenizer(path):
     """The GPT-2 BPE tokenizer stored beside the weights, or None if there is none.
 
-    Recognises ``vocab.json`` + ``merges.txt`` (Hugging Face) and
-    ``encoder.json`` + ``vocab.bpe`` (OpenAI).  ``path`` is the directory or
+    Recognises ``vocab.json`` + ``merges.txt`` or ``tokenizer.json`` (Hugging
+    Face) and ``encoder.json`` + ``vocab.bpe`` (OpenAI).  ``path`` is the directory or
     a file inside it.
     """
     path = os.fspath(path)
     directory = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
-    for pair in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe")):
-        if all(os.path.isfile(os.path.join(directory, name)) for name in pair):
+    for files in (("vocab.json", "merges.txt"), ("encoder.json", "vocab.bpe"), ("tokenizer.json",)):
+        if all(os.path.isfile(os.path.join(directory, name)) for name in files):
             from .bpe import BPETokenizer     # imported here: only GPT-2 users need it
             return BPETokenizer.from_dir(directory)
     return None

@@ -348,7 +348,7 @@ def _build_tokenizer(kind, paths, vocab_size, bpe_sample_chars, chunk_bytes, tot
                          f"(vocab.json + merges.txt), got {kind!r}")
     tokenizer = load_gpt2_tokenizer(kind)
     if tokenizer is None:
-        raise ValueError(f"tokenizer directory {kind} has no vocab.json + merges.txt "
+        raise ValueError(f"tokenizer directory {kind} has no vocab.json + merges.txt, tokenizer.json "
                          f"(or encoder.json + vocab.bpe)")
     return tokenizer
 

@@ -278,7 +278,7 @@ class _Run:
             tokenizer = load_gpt2_tokenizer(cfg.init_from)
             if tokenizer is None:
                 raise ValueError(f"--init_from {cfg.init_from}: no GPT-2 tokenizer files beside the weights "
-                                 "(vocab.json + merges.txt, or encoder.json + vocab.bpe); fine-tuning needs the "
+                                 "(vocab.json + merges.txt, tokenizer.json, or encoder.json + vocab.bpe); fine-tuning needs the "
                                  "tokenizer the weights were trained with")
         try:
             data = prepare_data(cfg.data, block_size=cfg.block_size, task=cfg.task, tokenizer_kind=cfg.tokenizer,

@@ -297,6 +297,43 @@ def test_openai_file_format(trained, openai):
         assert openai.decode(openai.encode(text)) == text
 
 
+def _tokenizer_json(trained, merges_as_pairs, pre_tokenizer=None):
+    """The trained tokenizer as Hugging Face's tokenizer.json (the added token apart, as tokenizers writes it)."""
+    vocab = {t: i for t, i in trained.encoder.items() if t != EOT}
+    merges = [[a, b] if merges_as_pairs else f"{a} {b}" for a, b in trained.merges]
+    return {"version": "1.0",
+            "added_tokens": [{"id": trained.eot_token, "content": EOT, "special": True}],
+            "pre_tokenizer": pre_tokenizer or {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True},
+            "model": {"type": "BPE", "vocab": vocab, "merges": merges}}
+
+
+@pytest.mark.parametrize("merges_as_pairs", [False, True])     # tokenizers before 0.20 wrote "a b", later ["a", "b"]
+def test_tokenizer_json_alone_loads_the_same_tokenizer(trained, tmp_path, merges_as_pairs):
+    (tmp_path / "tokenizer.json").write_text(json.dumps(_tokenizer_json(trained, merges_as_pairs)), encoding="utf-8")
+    loaded = BPETokenizer.from_dir(tmp_path)
+    assert loaded == trained and loaded.eot_token == trained.eot_token
+    for text in ROUND_TRIP_SAMPLES:
+        assert loaded.encode(text) == trained.encode(text)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["model"].update(type="WordPiece"), "numgpt reads byte-level BPE models, this one is 'WordPiece'"),
+    (lambda s: s.update(pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True}), "not GPT-2's ByteLevel"),
+    (lambda s: s.update(pre_tokenizer={"type": "Whitespace"}), "not GPT-2's ByteLevel"),
+    (lambda s: s["model"]["merges"].append("a"), "must be two tokens, got 'a'"),
+    (lambda s: s["added_tokens"][0].update(id=3), "added token '<|endoftext|>' has id 3 but the vocabulary gives"),
+])
+def test_a_tokenizer_json_numgpt_cannot_read_is_refused_by_name(trained, tmp_path, change, message):
+    spec = _tokenizer_json(trained, True)
+    if "vocabulary gives" in message:
+        spec["model"]["vocab"][EOT] = trained.eot_token
+    change(spec)
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        BPETokenizer.from_dir(tmp_path)
+
+
 @settings(max_examples=100, deadline=None)
 @given(text=st.one_of(st.text(), tricky_text))
 def test_openai_format_round_trip_any_text(openai, text):
@@ -601,9 +638,15 @@ def test_incomplete_vocabulary_is_refused():
 # Optional: agreement with Hugging Face transformers, where it is installed
 
 
-def test_agrees_with_transformers_gpt2_tokenizer(trained, saved_dir):
+def test_agrees_with_transformers_gpt2_tokenizer(trained, saved_dir, tmp_path):
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2Tokenizer(str(saved_dir / "vocab.json"), str(saved_dir / "merges.txt"))
     texts = ROUND_TRIP_SAMPLES + [TRAINING_TEXT, MULTILINGUAL + EOT + " after the end"]
     for text in texts:
         assert trained.encode(text) == hf.encode(text), text
+    # What transformers' fast tokenizer saves (transformers 5 writes tokenizer.json alone) loads back.
+    fast = transformers.GPT2TokenizerFast(str(saved_dir / "vocab.json"), str(saved_dir / "merges.txt"))
+    fast.save_pretrained(tmp_path)
+    for name in ("vocab.json", "merges.txt"):           # as if only tokenizer.json had been written
+        (tmp_path / name).unlink(missing_ok=True)
+    assert BPETokenizer.from_dir(tmp_path) == trained
