@@ -482,13 +482,14 @@ def _new_model(cfg, data, dtype, log):
     if cfg.init_from:
         from .gpt2 import gpt2_positions, load_gpt2
         model = load_gpt2(cfg.init_from, dtype=dtype, block_size=cfg.block_size)
+        if model.config.vocab_size != data.vocab_size:
+            whose = f"the task {cfg.task!r} has its own vocabulary of" if cfg.task else "its tokenizer has"
+            raise ValueError(f"--init_from {cfg.init_from} has vocab_size {model.config.vocab_size} but {whose} "
+                             f"{data.vocab_size} tokens")
         n_positions = gpt2_positions(cfg.init_from)
         if cfg.block_size < n_positions:
             log(f"note: block_size {cfg.block_size} keeps the first {cfg.block_size} of the model's {n_positions} "
                 f"positions (the others are not in this run's checkpoints); --block_size {n_positions} keeps all")
-        if model.config.vocab_size != data.vocab_size:
-            raise ValueError(f"--init_from {cfg.init_from} has vocab_size {model.config.vocab_size} but its "
-                             f"tokenizer has {data.vocab_size} tokens")
         log(f"fine-tuning {cfg.init_from}; the model's own size settings replace --n_layer/--n_head/--n_embd")
         cfg = dataclasses.replace(cfg, n_layer=model.config.n_layer, n_head=model.config.n_head,
                                   n_embd=model.config.n_embd, bias=model.config.bias, tokenizer="bpe")
