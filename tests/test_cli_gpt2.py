@@ -430,7 +430,7 @@ def test_train_init_from_not_a_gpt2_directory(tmp_path, textfile, capsys):
 
 def test_train_init_from_with_a_task_names_the_tasks_vocabulary(gpt2_dir, textfile, tmp_path, capsys):
     directory, original = gpt2_dir
-    assert main(["train", "--init_from", str(directory), "--task", "sort", "--max_iters", "1",
+    assert main(["train", "--init_from", str(directory), "--task", "sort", "--max_iters", "1", "--block_size", "16",
                  "--out_dir", str(tmp_path / "ft")]) == 1
     assert_clean_error(capsys, f"--init_from {directory} has vocab_size {original.config.vocab_size} but the task "
                                f"'sort' has its own vocabulary of 3 tokens")
