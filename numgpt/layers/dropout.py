@@ -26,14 +26,16 @@ from ._checks import check_dout, check_float_array
 def dropout_forward(x, p, rng):
     """Zero each element of ``x`` with probability ``p`` and scale the rest by 1/(1-p).
 
-    ``rng`` is a ``numpy.random.Generator``; the same generator state gives the same mask.
+    ``rng`` is a ``numpy.random.Generator`` (or anything with its ``random(shape, dtype=...)``);
+    the same generator state gives the same mask.
     """
     check_float_array("x", x)
     if isinstance(p, bool) or not isinstance(p, (int, float, np.floating, np.integer)) or not 0.0 <= p < 1.0:
         raise ValueError(f"p must be a number in [0, 1), got {p!r}")
     if p == 0:
         return x.copy(), (None, x.shape, x.dtype)
-    if not isinstance(rng, np.random.Generator):
+    # A Generator, or anything with its random(shape, dtype=...); the legacy RandomState has no dtype.
+    if isinstance(rng, np.random.RandomState) or not callable(getattr(rng, "random", None)):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     # Drawing in x's dtype keeps float32 runs free of float64 temporaries.
     mask = rng.random(x.shape, dtype=x.dtype if x.dtype in (np.float32, np.float64) else np.float64)

@@ -136,23 +136,25 @@ class DataParallel:
         model = self.model
         model.check_targets(idx, targets)
         total = count_targets(targets, ignore_index)
+        # One draw from the run's generator per call, whatever the split, so the generator (saved in
+        # checkpoints, the same on every rank) and every later batch do not depend on the worker or
+        # rank count; each row's masks then come from that seed and the row's place in the batch.
+        step_seed = None if dropout_rng is None else int(dropout_rng.integers(0, 2**63))
+        first_row = 0
         if self.comm is not None:
-            if dropout_rng is not None:
-                # One child generator per rank, drawn from the shared stream, so every rank's
-                # generator stays in the same state (it is saved in checkpoints).
-                seeds = dropout_rng.integers(0, 2**63, size=self.n_ranks).tolist()
-                dropout_rng = np.random.default_rng(seeds[self.rank])
             rows = self._rank_rows(idx.shape[0])
-            idx, targets = idx[rows], targets[rows]
-        losses = self._local_step(idx, targets, total, ignore_index, dropout_rng, accumulate, loss_scale)
+            idx, targets, first_row = idx[rows], targets[rows], rows.start
+        losses = self._local_step(idx, targets, total, ignore_index, step_seed, first_row, accumulate,
+                                  loss_scale)
         if self.comm is not None and sync:
             from .mpi import allreduce_sum
             allreduce_sum(self.comm, model.flat_grads)
         return self._mean(losses, total), model.grads
 
-    def _local_step(self, idx, targets, total, ignore_index, dropout_rng, accumulate, loss_scale):
+    def _local_step(self, idx, targets, total, ignore_index, step_seed, first_row, accumulate, loss_scale):
         """This process's rows: their gradient, each slice weighted by its targets over ``total``, into
-        ``flat_grads``; returns ``[(mean loss, targets)]`` of the slices run."""
+        ``flat_grads``; returns ``[(mean loss, targets)]`` of the slices run. Row ``i`` here is row
+        ``first_row + i`` of the batch, whose dropout masks come from ``step_seed`` and that index."""
         model = self.model
         parts = self._parts(idx.shape[0])
         counts = [int(np.count_nonzero(targets[s] != ignore_index)) for s in parts]
@@ -163,15 +165,12 @@ class DataParallel:
         if len(parts) > 1 and min(counts) == 0:    # a slice without targets: run the rows whole
             parts, counts = [slice(None)], [sum(counts)]
         scales = [loss_scale * n / total for n in counts]
+        seeds = [None if step_seed is None else (step_seed, first_row + (s.start or 0)) for s in parts]
         if len(parts) == 1:
-            loss, cache = model.loss_forward(idx, targets, ignore_index=ignore_index, dropout_rng=dropout_rng)
+            loss, cache = model.loss_forward(idx, targets, ignore_index=ignore_index, dropout_rng=_rng(seeds[0]))
             # Without accumulation the first addition into each slot is a copy: no zeroing pass.
             model.backward(cache, scales[0], add=None if accumulate else OverwritingAdd(model.grads))
             return [(loss, counts[0])]
-        # Child generators seeded from the parent's stream (not Generator.spawn, whose
-        # counter is not part of the saved state): a resumed run draws the same masks.
-        seeds = (dropout_rng.integers(0, 2**63, size=len(parts)).tolist() if dropout_rng is not None
-                 else [None] * len(parts))
         if self.processes:
             losses = self._forked_step(idx, targets, parts, scales, seeds, ignore_index, accumulate)
         else:
@@ -313,7 +312,30 @@ def _run_worker_job(dp_ref, kind, *args):
 
 
 def _rng(seed):
-    return None if seed is None else np.random.default_rng(seed)
+    """The dropout generator of a slice: ``(step_seed, first row)`` -> :class:`RowGenerators`."""
+    return None if seed is None else RowGenerators(*seed)
+
+
+class RowGenerators:
+    """Random numbers drawn row by row, each batch row from a stream of its own.
+
+    Dropout masks drawn this way are a function of the step's seed and of each row's place in the
+    whole batch only, so the same run gives the same masks (and the same losses, to round-off)
+    however the batch is split across threads, worker processes or MPI ranks. Quacks like the one
+    ``numpy.random.Generator`` method dropout calls: ``random(shape, dtype)`` with the batch first.
+    """
+
+    def __init__(self, step_seed, first_row):
+        self.step_seed, self.first_row = step_seed, first_row
+        self._rows = []
+
+    def random(self, shape, dtype=np.float64):
+        while len(self._rows) < shape[0]:          # a row's stream persists through the step's layers
+            self._rows.append(np.random.default_rng([self.step_seed, self.first_row + len(self._rows)]))
+        out = np.empty(shape, dtype=dtype)
+        for row, generator in zip(out, self._rows):
+            generator.random(row.shape, dtype=dtype, out=row)
+        return out
 
 
 def _is_shared(array):

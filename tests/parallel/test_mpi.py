@@ -133,10 +133,12 @@ def test_without_mpi4py_the_error_says_what_to_install(monkeypatch):
 @pytest.mark.parametrize("n", [2, 3])
 def test_n_ranks_train_as_one_process(textfile, tmp_path, n):
     # Even and uneven shares of the rows (2 ranks: 4 = 2+2 and 5 = 2+3; 3 ranks: 6 = 2+2+2 and 4 = 1+1+2),
-    # each without and with gradient accumulation (one all-reduce per optimizer step).
+    # each without and with gradient accumulation (one all-reduce per optimizer step); and dropout, whose
+    # masks follow each row's place in the batch, not the rank that runs it.
     cases = {"even": {"batch_size": 2 * n}, "uneven": {"batch_size": 2 * n - 1 if n == 2 else 4},
              "even-accumulation": {"batch_size": 2 * n, "gradient_accumulation_steps": 3},
-             "uneven-accumulation": {"batch_size": 5 if n == 2 else 4, "gradient_accumulation_steps": 2}}
+             "uneven-accumulation": {"batch_size": 5 if n == 2 else 4, "gradient_accumulation_steps": 2},
+             "uneven-dropout": {"batch_size": 2 * n - 1 if n == 2 else 4, "dropout": 0.2}}
     runs = [(name, settings(textfile, tmp_path / f"mpi-{name}", **extra)) for name, extra in cases.items()]
     summary, params, proc = run_job(tmp_path, n, runs)
     for name, extra in cases.items():
@@ -162,7 +164,7 @@ def test_ranks_train_from_prepared_token_files_as_one_process(textfile, tmp_path
 
 @pytest.mark.timeout(2 * DEADLINE, method="thread")
 def test_same_seed_same_ranks_same_bits_and_resume_continues_exactly(textfile, tmp_path):
-    # Bit-identical runs (float32, dropout: masks drawn per rank from the shared generator), and a run
+    # Bit-identical runs (float32, dropout: masks drawn per row from the step's seed), and a run
     # resumed under MPI that reproduces the uninterrupted one bit for bit. Rank 0 alone writes.
     common = {"dtype": "float32", "dropout": 0.1, "max_iters": 8, "gradient_accumulation_steps": 2}
     runs = [("a", settings(textfile, tmp_path / "a", **common)),

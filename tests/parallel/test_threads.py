@@ -75,6 +75,25 @@ def test_dropout_runs_on_one_thread_and_on_two(n_threads):
     assert loss != model.loss(idx, targets)
 
 
+def test_dropout_masks_do_not_depend_on_how_the_batch_is_split():
+    # Each row's masks come from the step's seed and the row's place in the batch, so 1, 2, 3 or 5
+    # workers (5 > 4 rows: one worker idles) give the same loss and gradients to round-off, and leave
+    # the run's generator in the same state (the next batches do not shift).
+    config = tiny_config(dropout=0.3)
+    results = []
+    for n_threads in (1, 2, 3, 5):
+        model = DataParallel(GPT(config, seed=0, dtype=np.float64), n_threads)
+        idx, targets = batch(config, B=4)
+        rng = np.random.default_rng(7)
+        loss, _ = model.loss_and_grads(idx, targets, dropout_rng=rng)
+        results.append((loss, model.flat_grads.copy(), rng.random()))
+    one_loss, one_grads, one_next = results[0]
+    assert one_loss != DataParallel(GPT(config, seed=0, dtype=np.float64), 1).loss(*batch(config, B=4))
+    for loss, grads, following in results[1:]:
+        assert loss == pytest.approx(one_loss, rel=1e-13) and following == one_next
+        np.testing.assert_allclose(grads, one_grads, rtol=1e-11, atol=1e-15)
+
+
 def test_threaded_dropout_is_reproducible():
     model = DataParallel(GPT(tiny_config(dropout=0.3), seed=0, dtype=np.float64), 2)
     idx, targets = batch(model.model.config, B=4)
