@@ -73,7 +73,7 @@ from .data import DataError, prepare_data
 from .model import GPT, GPTConfig, param_views
 from .muon import Muon, fused_parts, hidden_matrices
 from .optim import AdamW, clip_scale, cosine_lr, decay_mask_from_layout, grad_norm, ranges_outside
-from .parallel import DataParallel, default_processes
+from .parallel import DataParallel, WorkerProcessDied, default_processes
 from .parallel.mpi import (agree, max_over_ranks, mpi_world, quiet_other_ranks, stop_job_on_error,
                            workers_per_rank)
 from .rundir import METRICS_NAME, RunDirectory, describe_os_error
@@ -178,7 +178,18 @@ def _train(cfg, log, comm, stop):
 
                 t0 = time.perf_counter()
                 lr = run.learning_rate()
-                loss, norm = run.step(lr)
+                rng_state = run.rng.bit_generator.state
+                try:
+                    loss, norm = run.step(lr)
+                except WorkerProcessDied as e:
+                    # The step failed before the optimizer ran: the parameters and moments are the last
+                    # step's. Saved with the generator as it was then, a resume redraws this very batch.
+                    run.rng.bit_generator.state = rng_state
+                    saved = f"{run.checkpoint_path} is up to date" if run.saved_iter == run.iter_num \
+                        else run.save("a worker process died")
+                    raise TrainingError(f"{e} (killed, or by the out-of-memory killer); {saved} at iteration "
+                                        f"{run.iter_num}. Continue with numgpt train --resume --out_dir "
+                                        f"{cfg.out_dir} (with a smaller batch if memory ran out)") from None
                 losses.append(loss)
                 dt_ms = (time.perf_counter() - t0) * 1000
                 run.add_train_time(dt_ms / 1000)

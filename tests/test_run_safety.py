@@ -35,7 +35,7 @@ from numgpt.checkpoint import (BEST_CHECKPOINT_NAME, CHECKPOINT_NAME, load_check
                               save_checkpoint)
 from numgpt.cli import main
 from numgpt.config import TrainConfig
-from numgpt.parallel import DataParallel
+from numgpt.parallel import DataParallel, WorkerProcessDied
 from numgpt.rundir import LOCK_NAME, METRICS_NAME, RunDirError, RunDirectory
 from numgpt.train import TrainingError, train
 
@@ -388,6 +388,43 @@ def test_best_npz_lasts_until_a_better_checkpoint_replaces_it(textfile, tmp_path
     _, meta = _run_meta(out / CHECKPOINT_NAME)
     assert (meta["iter_num"], meta["val_loss"], meta["best_val_loss"]) == (24, 1.5, 1.5)
     np.testing.assert_array_equal(load_for_inference(out, best=True)[0].flat_params, result.model.flat_params)
+
+
+def test_a_worker_process_that_dies_saves_the_last_step_and_resume_continues_exactly(textfile, tmp_path,
+                                                                                     monkeypatch, capsys):
+    # kill -9 or the out-of-memory killer ends a forked worker mid-step: the step never reaches the
+    # optimizer, so the last completed step is saved (with the generator as it was before the failed
+    # step drew its batch) and one sentence says how to resume; the resumed run is the uninterrupted one.
+    whole = train(tiny(textfile, tmp_path / "whole", max_iters=10), log=quiet)
+    out = tmp_path / "run"
+    real_step = train_module._Run.step
+
+    def dies_in_step_7(self, lr):
+        if self.iter_num == 6:
+            self.rng.integers(0, 1000, size=8)          # the failed step had drawn its batch
+            raise WorkerProcessDied("numgpt worker process 1 ended without replying (exit code -9); the "
+                                    "step's gradients are incomplete")
+        return real_step(self, lr)
+
+    monkeypatch.setattr(train_module._Run, "step", dies_in_step_7)
+    with pytest.raises(TrainingError, match=rf"worker process 1 ended without replying \(exit code -9\).*; saved "
+                                            rf"{out / CHECKPOINT_NAME} \(a worker process died\).* at iteration 6\. "
+                                            rf"Continue with numgpt train --resume --out_dir {out}"):
+        train(tiny(textfile, out, max_iters=10), log=quiet)
+    assert checkpoint_iter(out) == 6
+    monkeypatch.undo()
+    resumed = train(tiny(textfile, out, max_iters=10, resume=True), log=quiet)
+    assert resumed.losses == whole.losses[6:]
+    np.testing.assert_array_equal(resumed.model.flat_params, whole.model.flat_params)
+    # and from the command line it is one sentence, exit 1, no traceback
+    monkeypatch.setattr(train_module._Run, "step", dies_in_step_7)
+    cli_out = tmp_path / "cli"
+    assert main(["train", "--data", str(textfile), "--n_layer", "1", "--n_head", "2", "--n_embd", "16",
+                 "--block_size", "16", "--batch_size", "4", "--max_iters", "10", "--eval_iters", "1",
+                 "--sample_tokens", "0", "--out_dir", str(cli_out)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.startswith("numgpt train: numgpt worker process 1 ended without replying")
+    assert checkpoint_iter(cli_out) == 6
 
 
 def test_a_signal_after_the_best_keeps_it(textfile, tmp_path, monkeypatch):
