@@ -37,6 +37,7 @@ torch and transformers are not numgpt dependencies; install them for this script
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -157,6 +158,10 @@ def main():
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    missing = [m for m in ("torch", "transformers") if importlib.util.find_spec(m) is None]
+    if missing:                         # say so before the 124M weights are built
+        raise SystemExit(f"the Hugging Face side needs {' and '.join(missing)} in this Python: "
+                         f"pip install torch transformers (or the test extra)")
 
     if args.worker:
         with open(os.path.join(args.dir, "prompt.json")) as f:

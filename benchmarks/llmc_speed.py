@@ -148,6 +148,8 @@ def build_llmc(llmc_dir, workdir, B, T, steps):
         f.write(source)
     exe = os.path.join(workdir, "train_gpt2")
     cc = os.environ.get("CC", "cc")
+    if shutil.which(cc) is None:
+        raise SystemExit(f"no C compiler {cc!r} to build llm.c: install one (e.g. apt install gcc) or set CC")
     cmd = [cc, "-Ofast", "-march=native", "-fopenmp", "-DOMP", "-Wno-unused-result", "-I", llmc_dir, src,
            "-lm", "-o", exe]
     out = subprocess.run(cmd, capture_output=True, text=True)

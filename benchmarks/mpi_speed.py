@@ -3,7 +3,7 @@
     python benchmarks/mpi_speed.py                          # baby and small, 2 ranks vs 1 process, alternating
     python benchmarks/mpi_speed.py --configs baby --ranks 2 --repeats 4
     python benchmarks/mpi_speed.py --allreduce              # all-reduce time for 0.8M, 10M, 124M parameters
-    python benchmarks/mpi_speed.py --model                  # the ring all-reduce cost model, no measurement
+    python benchmarks/mpi_speed.py --model 75 124e6         # the ring all-reduce cost model (step ms, params)
 
 Steps are timed as ``benchmarks/train_speed.py`` times them (forward + backward + all-reduce +
 clipping + AdamW, float32, median after warm-up), each measurement in fresh processes: ``mpiexec -n N``
@@ -34,7 +34,11 @@ PARAMS = {"0.8M": 809_856, "10M": 10_770_816, "124M": 124_439_808}
 
 def mpiexec():
     beside = os.path.join(os.path.dirname(sys.executable), "mpiexec")
-    return beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
+    found = beside if os.access(beside, os.X_OK) else shutil.which("mpiexec")
+    if found is None:
+        raise SystemExit("mpiexec not found beside this Python or on PATH: install the MPI extra, "
+                         "pip install -e '.[mpi]' (mpi4py and MPICH's wheel, which brings mpiexec)")
+    return found
 
 
 # --- what runs inside the measured processes --------------------------------------------------------

@@ -33,6 +33,7 @@ Every measurement runs in its own process. Medians over --steps steps after --wa
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -272,6 +273,9 @@ def main():
     parser.add_argument("--markdown", action="store_true", help="also print the tables for benchmarks/README.md")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not args.no_torch and args.torch_python == sys.executable and importlib.util.find_spec("torch") is None:
+        raise SystemExit("the PyTorch column needs torch in this Python: pip install torch, or pass "
+                         "--torch-python /path/to/a/python/with/torch, or --no-torch")
 
     name = args.configs[0]
     if args.worker:

@@ -12,6 +12,7 @@ Each measurement runs in its own process.
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -86,6 +87,8 @@ def main():
     parser.add_argument("--vs-torch", action="store_true")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.vs_torch and importlib.util.find_spec("torch") is None:       # say so before numgpt's runs
+        raise SystemExit("--vs-torch needs PyTorch in this Python: pip install torch (or the test extra)")
     if args.worker:
         cfg = CONFIGS[args.configs[0]]
         if args.worker == "torch":

@@ -99,12 +99,26 @@ def main():
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per config (default 300)")
     ap.add_argument("--only", default="", help="run only the configs whose name contains this")
     ap.add_argument("--eval_iters", type=int, default=None, help="override the configs' 200 evaluation batches")
-    ap.add_argument("--plot", default=os.path.join(HERE, "speedrun.png"), help="where the picture goes")
-    ap.add_argument("--results", default=os.path.join(HERE, "speedrun_results.json"))
+    ap.add_argument("--plot", default=None, help="where the picture goes (default: benchmarks/speedrun.png "
+                    "for the full 300 s runs, ./speedrun_trial.png for a trial)")
+    ap.add_argument("--results", default=None, help="the results file (default: benchmarks/speedrun_results.json "
+                    "for the full 300 s runs, ./speedrun_trial.json for a trial)")
     ap.add_argument("--keep", action="store_true", help="keep the runs' directories (printed)")
     ap.add_argument("--merge", action="store_true",
                     help="add to the results already in --results (a config run again replaces its entry)")
     args = ap.parse_args()
+    # A trial (another budget or fewer evaluation batches) must not overwrite the committed figure.
+    full = args.budget == 300.0 and args.eval_iters is None
+    if args.results is None:
+        args.results = os.path.join(HERE, "speedrun_results.json") if full else "speedrun_trial.json"
+    if args.plot is None:
+        args.plot = os.path.join(HERE, "speedrun.png") if full else "speedrun_trial.png"
+    if args.merge and os.path.exists(args.results):      # checked before hours of training, not after
+        with open(args.results) as f:
+            saved_budget = json.load(f)["budget_seconds"]
+        if saved_budget != args.budget:
+            raise SystemExit(f"{args.results} holds {saved_budget} s runs, not {args.budget} s ones: "
+                             f"--merge adds only runs of the same budget")
 
     configs = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.toml")) if args.only in os.path.basename(p))
     if not configs:

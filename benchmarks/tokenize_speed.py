@@ -123,7 +123,11 @@ def main():
             assert np.array_equal(hf_tok.encode(text).ids, expected), "tokenizers gives other ids"
         if enc is not None:
             assert np.array_equal(enc.encode(text, allowed_special="all"), expected), "tiktoken gives other ids"
-        print(f"identical ids from numgpt, tokenizers and tiktoken on the whole text ({len(expected):,} tokens)")
+        compared = [name for name, tok in (("tokenizers", hf_tok), ("tiktoken", enc)) if tok is not None]
+        if compared:
+            print(f"identical ids from numgpt and {' and '.join(compared)} on the whole text ({len(expected):,} tokens)")
+        else:
+            print("no other tokenizer installed to compare ids with")
 
         rows = []
         # numgpt first: its worker processes are forked, and a fork after tokenizers has used its

@@ -25,7 +25,9 @@ threads), and the RSS column then adds the worker's peak to the main process's.
 """
 
 import argparse
+import importlib.util
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -229,6 +231,8 @@ def main():
     if args.nanogpt:
         args.nanogpt = os.path.abspath(args.nanogpt)
         args.vs_torch = True
+    if args.vs_torch and importlib.util.find_spec("torch") is None:       # say so before numgpt's rounds
+        raise SystemExit("--vs-torch needs PyTorch in this Python: pip install torch (or the test extra)")
 
     if args.worker:
         name = args.configs[0]
@@ -297,6 +301,9 @@ def main():
                       f"  (round by round: {', '.join(f'{r:.2f}' for r in per_round)}; spread max/min "
                       f"numgpt {spread['numgpt']:.2f}, {ref} {spread[ref]:.2f})")
                 if ref == "nanogpt" and (name, threads) in TARGETS:
+                    # The peak again after the rounds, the higher of the two kept: a peak measured while
+                    # the host was busy would make any share look good (it has read above 100%).
+                    peak = max(peak, run_worker("peak", "baby", threads, 0, 0)["gflops"])
                     share = flops / (ms["numgpt"] / 1000) / 1e9 / peak
                     verdicts.append(target_verdict(name, threads, statistics.median(per_round), spread, share,
                                                    len(per_round)))
@@ -310,13 +317,18 @@ def main():
 def target_verdict(name, threads, ratio, spread, peak_share, n_rounds):
     """One line: the target for (config, threads), the measured figures, and met or missed."""
     want = TARGETS[(name, threads)]
-    checks = [(f"ratio {ratio:.2f} >= {want}", ratio >= want),
+    shown = math.floor(ratio * 1000) / 1000          # truncated: 1.1996 must not print as a pass
+    checks = [(f"ratio {shown:.3f} >= {want}", ratio >= want),
               (f"spread numgpt {spread['numgpt']:.2f} <= nanogpt {spread['nanogpt']:.2f}",
                spread["numgpt"] <= spread["nanogpt"]),
               (f"{n_rounds} rounds >= {MIN_ROUNDS}", n_rounds >= MIN_ROUNDS)]
     if name == "gpt2":
-        checks.append((f"{100 * peak_share:.0f}% of the matmul peak >= {100 * GPT2_PEAK_SHARE:.0f}%",
-                       peak_share >= GPT2_PEAK_SHARE))
+        if peak_share > 1.0:           # no step runs above the peak: the peak was measured on a busy host
+            checks.append((f"{100 * peak_share:.0f}% of the matmul peak is impossible (the peak was measured "
+                           f"while the host was busy): re-run on a quiet machine", False))
+        else:
+            checks.append((f"{100 * peak_share:.0f}% of the matmul peak >= {100 * GPT2_PEAK_SHARE:.0f}%",
+                           peak_share >= GPT2_PEAK_SHARE))
     met = all(ok for _, ok in checks)
     detail = "; ".join(f"{text} {'ok' if ok else 'NO'}" for text, ok in checks)
     return f"{name:<6}{threads} thread(s): {'MET   ' if met else 'MISSED'} {detail}"
