@@ -73,7 +73,7 @@ from .data import DataError, prepare_data
 from .model import GPT, GPTConfig, param_views
 from .muon import Muon, fused_parts, hidden_matrices
 from .optim import AdamW, clip_scale, cosine_lr, decay_mask_from_layout, grad_norm, ranges_outside
-from .parallel import DataParallel, WorkerProcessDied, default_processes
+from .parallel import DataParallel, WorkerProcessDied, default_processes, default_threads
 from .parallel.mpi import (agree, max_over_ranks, mpi_world, quiet_other_ranks, stop_job_on_error,
                            workers_per_rank)
 from .rundir import METRICS_NAME, RunDirectory, describe_os_error
@@ -316,7 +316,12 @@ class _Run:
         # Forked worker processes when they pay (small models; see DataParallel), else threads. Under
         # MPI the machine's cores are shared among its ranks, one BLAS thread per worker.
         if comm is None:
-            dp = DataParallel(model, processes=default_processes())
+            # More workers than a micro-batch has rows would idle (and, as processes, cost a fork each).
+            wanted = default_threads()
+            if wanted > cfg.batch_size and os.environ.get("NUMGPT_THREADS"):
+                log(f"note: {wanted} workers asked for (NUMGPT_THREADS), but a micro-batch has {cfg.batch_size} "
+                    f"rows: {cfg.batch_size} workers")
+            dp = DataParallel(model, min(wanted, cfg.batch_size), processes=default_processes())
         else:
             set_blas_threads(n_workers)
             dp = DataParallel(model, n_workers, processes=default_processes(), comm=comm)

@@ -134,6 +134,19 @@ def test_worker_processes_train_as_threads_do(textfile, tmp_path, monkeypatch):
     np.testing.assert_allclose(forked.model.flat_params, threads.model.flat_params, rtol=1e-9, atol=1e-12)
 
 
+def test_no_more_workers_than_a_micro_batch_has_rows(textfile, tmp_path, monkeypatch):
+    monkeypatch.setenv("NUMGPT_THREADS", "16")
+    lines = []
+    one = train(tiny(textfile, tmp_path / "one", batch_size=3, max_iters=2, dtype="float64", dropout=0.1),
+                log=lines.append)
+    assert "note: 16 workers asked for (NUMGPT_THREADS), but a micro-batch has 3 rows: 3 workers" in lines
+    assert any(line.startswith("parallel: 3 workers") for line in lines)
+    monkeypatch.setenv("NUMGPT_THREADS", "1")
+    alone = train(tiny(textfile, tmp_path / "alone", batch_size=3, max_iters=2, dtype="float64", dropout=0.1),
+                  log=quiet)
+    np.testing.assert_allclose(one.losses, alone.losses, rtol=1e-12)     # dropout included: split-invariant
+
+
 # --- resume ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("extra", [{}, {"dropout": 0.2}, {"gradient_accumulation_steps": 2, "dtype": "float64"}],
