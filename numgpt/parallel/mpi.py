@@ -163,10 +163,14 @@ def stop_job_on_error(comm):
     except BaseException as e:
         if getattr(e, "collective", False):
             raise
+        where = f"numgpt: MPI rank {comm.Get_rank()} of {comm.Get_size()}"
+        if isinstance(e, KeyboardInterrupt):       # Ctrl-C or SIGTERM before training began (train.Stopped)
+            print(f"{where}: interrupted{f' ({e})' if str(e) else ''}", file=sys.stderr, flush=True)
+            time.sleep(ABORT_GRACE)
+            comm.Abort(128 + int(getattr(e, "signum", 2)))     # the exit code of a plain run so stopped
         expected = isinstance(e, (ValueError, TypeError, OSError)) or type(e).__name__ == "TrainingError"
         text = f"{type(e).__name__}: {e}" if expected else "".join(traceback.format_exception(e)).rstrip()
-        print(f"numgpt: MPI rank {comm.Get_rank()} of {comm.Get_size()} failed, stopping the job: {text}",
-              file=sys.stderr, flush=True)
+        print(f"{where} failed, stopping the job: {text}", file=sys.stderr, flush=True)
         # Give mpiexec a moment to forward the message: MPI_Abort kills the launcher's I/O proxies,
         # and under load the message was lost with them (1 run in 8 of tests/parallel/test_mpi.py::
         # test_a_rank_that_raises_ends_the_job_with_its_message with a busy core; 16 of 16 with this).

@@ -237,6 +237,35 @@ def _wait_for_iterations(proc, n, timeout=DEADLINE):
     pytest.fail(f"the MPI job did not reach iteration {n}: {''.join(lines)}{proc.stderr.read()}")
 
 
+class _FakeWorld:
+    """Rank 1 of 2, whose Abort records its code (and ends the block, as the real one ends the process)."""
+
+    def Get_rank(self):
+        return 1
+
+    def Get_size(self):
+        return 2
+
+    def Abort(self, code):
+        raise SystemExit(code)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_before_training_ends_the_job_as_a_plain_run_would(signum, monkeypatch, capsys):
+    # Ctrl-C while the data loads under mpiexec: one line per rank and a plain run's exit code, not a
+    # traceback presented as a rank failure with exit code 1.
+    from numgpt.train import Stopped
+
+    monkeypatch.setattr(mpi, "ABORT_GRACE", 0.0)
+    with pytest.raises(SystemExit) as info:
+        with mpi.stop_job_on_error(_FakeWorld()):
+            raise Stopped(signum)
+    assert info.value.code == 128 + signum
+    err = capsys.readouterr().err
+    assert err == (f"numgpt: MPI rank 1 of 2: interrupted (stopped by {signal.Signals(signum).name} before "
+                   f"training began; nothing was written)\n")
+
+
 @pytest.mark.timeout(2 * DEADLINE, method="thread")
 def test_a_rank_that_raises_ends_the_job_with_its_message(textfile, tmp_path):
     spec = {"runs": [{"name": "a", "settings": settings(textfile, tmp_path / "a", max_iters=1000,
