@@ -182,6 +182,8 @@ def _train(cfg, log, comm, stop):
                 try:
                     loss, norm = run.step(lr)
                 except WorkerProcessDied as e:
+                    if comm is not None:        # the other ranks wait in the all-reduce: the job must abort
+                        raise
                     # The step failed before the optimizer ran: the parameters and moments are the last
                     # step's. Saved with the generator as it was then, a resume redraws this very batch.
                     run.rng.bit_generator.state = rng_state
