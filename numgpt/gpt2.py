@@ -166,9 +166,9 @@ def is_gpt2_path(path) -> bool:
 # ---------------------------------------------------------------------------
 
 
-def _config_int(hf: dict, names: tuple[str, ...], where: str, *, agree=True) -> int:
+def _config_int(hf: dict, names: tuple[str, ...], where: str) -> int:
     given = {name: hf[name] for name in names if hf.get(name) is not None}
-    if agree and len(set(map(repr, given.values()))) > 1:
+    if len(set(map(repr, given.values()))) > 1:
         shown = ", ".join(f"{name}={value!r}" for name, value in given.items())
         raise ValueError(f"{where}: {shown} name one size with different values; keep one of them")
     for name in names:
