@@ -539,6 +539,14 @@ class GPT:
         c, P = self.config, self.params
         pos = kv_cache["pos"]
         B, t = idx.shape
+        want = (c.n_layer, B, c.n_head, c.block_size, c.n_embd // c.n_head)
+        for key in ("k", "v"):      # a cache of another model (or batch size) would be read silently
+            if np.shape(kv_cache[key]) != want or kv_cache[key].dtype != self.dtype:
+                raise ValueError(f"kv_cache[{key!r}] has shape {np.shape(kv_cache[key])} "
+                                 f"{getattr(kv_cache[key], 'dtype', '')}, expected {want} {self.dtype} for this "
+                                 f"model and a batch of {B}: make it with this model's new_kv_cache({B})")
+        if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)) or pos < 0:
+            raise ValueError(f"kv_cache['pos'] must be a non-negative integer, got {pos!r}")
         if pos + t > c.block_size:
             raise ValueError(f"the KV cache holds {pos} positions; {t} more exceed block_size {c.block_size}")
 
@@ -566,17 +574,34 @@ class GPT:
         return {k: v.copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state, strict=True):
-        """Copy arrays into the parameters (cast to the model's dtype), checking names and shapes."""
+        """Copy arrays into the parameters (cast to the model's dtype), checking names, shapes and values.
+
+        Everything is checked before anything is copied, so a refused state dict leaves the model as it
+        was. Returns ``(missing, unexpected)``, the names of each kind (both empty when ``strict``), as
+        PyTorch's ``load_state_dict`` does.
+        """
         missing = [k for k in self.params if k not in state]
         unexpected = [k for k in state if k not in self.params]
         if strict and (missing or unexpected):
             raise ValueError(f"parameter names do not match: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        values = {}
         for name, p in self.params.items():
-            if name in state:
-                value = np.asarray(state[name])
-                if value.shape != p.shape:
-                    raise ValueError(f"parameter {name} must have shape {p.shape}, got {value.shape}")
-                p[...] = value
+            if name not in state:
+                continue
+            value = np.asarray(state[name])
+            if value.shape != p.shape:
+                raise ValueError(f"parameter {name} must have shape {p.shape}, got {value.shape}")
+            if value.dtype.kind not in "fiu":       # object, complex, bool, strings: no faithful cast
+                raise TypeError(f"parameter {name} must hold real numbers, got dtype {value.dtype}")
+            with np.errstate(over="ignore"):
+                cast = value.astype(p.dtype)
+            if not np.isfinite(cast).all():
+                raise ValueError(f"parameter {name} holds values that are not finite in {p.dtype} (NaN, inf, "
+                                 f"or too large for it)")
+            values[name] = cast
+        for name, value in values.items():
+            self.params[name][...] = value
+        return missing, unexpected
 
 
 def qk_forward(qkv, n_head, qk_norm, rope, pos=0):

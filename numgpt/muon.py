@@ -48,7 +48,7 @@ import math
 
 import numpy as np
 
-from .optim import check_grad_scale
+from .optim import check_grad_scale, check_lr
 from .parallel.threads import default_threads, run_parallel
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -203,10 +203,11 @@ class Muon:
                                  "must share shape and dtype")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        check_lr(lr)
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        if not isinstance(nesterov, (bool, np.bool_)):      # bool("no") would be True
+            raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         parts = [1] * len(params) if parts is None else list(parts)
@@ -243,6 +244,7 @@ class Muon:
         """One update of every parameter with learning rate ``lr`` (default ``self.lr``), on the
         gradients ``grad_scale * grads`` (the trainer's clipping, as in :meth:`numgpt.optim.AdamW.step`)."""
         lr = self.lr if lr is None else lr
+        check_lr(lr)
         check_grad_scale(grad_scale)
         self.t += 1
         run_parallel(self._step_matrices, [(group, lr, grad_scale) for group in self._groups])

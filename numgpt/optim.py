@@ -57,8 +57,7 @@ class AdamW:
             raise ValueError(f"eps must be positive, got {eps}")
         if not weight_decay >= 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        if not lr >= 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        check_lr(lr)
         self.params, self.grads = params, grads
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, b1, b2, eps, weight_decay
         if decay_mask is None:
@@ -95,6 +94,7 @@ class AdamW:
         itself is left as it is.
         """
         lr = self.lr if lr is None else lr
+        check_lr(lr)
         check_grad_scale(grad_scale)
         self.t += 1
         run_parallel(self._step_chunks, [(group, lr, grad_scale) for group in self._groups])
@@ -216,6 +216,9 @@ def grad_norm(grads, n_threads=None):
     trainer's thread count; NumPy releases the interpreter lock in them), and
     the result does not depend on how many: the additions happen here, in order.
     """
+    if not (isinstance(grads, np.ndarray) and grads.ndim == 1 and grads.dtype.kind == "f"):
+        raise TypeError(f"grads must be a 1-D floating-point array (the flat gradient buffer), got "
+                        f"{type(grads).__name__} {getattr(grads, 'shape', '')} {getattr(grads, 'dtype', '')}")
     groups = _block_groups(grads.size, default_threads() if n_threads is None else n_threads)
     total = 0.0
     for sums in run_parallel(_sums_of_squares, [(grads, group) for group in groups]):
@@ -237,6 +240,12 @@ def _block_groups(size, parts):
     """The blocks of ``_NORM_BLOCK`` elements covering ``range(size)``, in at most ``parts`` contiguous groups."""
     blocks = [(start, min(start + _NORM_BLOCK, size), None) for start in range(0, size, _NORM_BLOCK)]
     return [[(a, b) for a, b, _ in group] for group in _split_chunks(blocks, parts)]
+
+
+def check_lr(lr, name="lr"):
+    """Raise unless ``lr`` is a finite real number >= 0 (a NaN would make every parameter NaN)."""
+    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (lr >= 0 and math.isfinite(lr)):
+        raise ValueError(f"{name} must be a finite number >= 0, got {lr!r}")
 
 
 def check_grad_scale(grad_scale):
@@ -291,6 +300,12 @@ def cosine_lr(it, learning_rate, min_lr, warmup_iters, lr_decay_iters):
     where its ``get_lr`` divides by zero; here that step gets ``min_lr``, the
     value every cosine phase ends on.
     """
+    check_lr(it, "it")               # a float too: with max_time the schedule runs on the time spent
+    for name, value in (("warmup_iters", warmup_iters), ("lr_decay_iters", lr_decay_iters)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    check_lr(learning_rate, "learning_rate")
+    check_lr(min_lr, "min_lr")
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
     if it >= lr_decay_iters:          # also every it >= warmup_iters when lr_decay_iters <= warmup_iters

@@ -551,6 +551,46 @@ def test_load_state_dict_errors():
     np.testing.assert_array_equal(model.params["ln_f.bias"], before[-8:])
 
 
+def test_a_refused_state_dict_leaves_the_model_as_it_was_and_strict_false_reports_names():
+    model = GPT(tiny_config(), seed=0)
+    before = model.flat_params.copy()
+    shifted = {k: v + 1 for k, v in model.state_dict().items()}
+    # every parameter but the last is fine: none may be copied before the last is refused
+    last = list(model.params)[-1]
+    for bad, error, message in [
+            (np.zeros(9), ValueError, f"parameter {last} must have shape"),
+            (np.full(model.params[last].shape, None), TypeError, f"parameter {last} must hold real numbers, got "
+                                                                 f"dtype object"),
+            (np.ones(model.params[last].shape, complex), TypeError, "got dtype complex128"),
+            (np.full(model.params[last].shape, 1e300), ValueError, f"parameter {last} holds values that are not "
+                                                                   f"finite in float32"),
+            (np.full(model.params[last].shape, np.nan), ValueError, "not finite")]:
+        with pytest.raises(error, match=message):
+            model.load_state_dict(dict(shifted, **{last: bad}))
+        np.testing.assert_array_equal(model.flat_params, before)
+    renamed = {"transformer." + k: v for k, v in shifted.items()}
+    missing, unexpected = model.load_state_dict(renamed, strict=False)      # loads nothing, and says so
+    assert missing == list(model.params) and unexpected == list(renamed)
+    np.testing.assert_array_equal(model.flat_params, before)
+    assert model.load_state_dict(shifted) == ([], [])
+
+
+def test_forward_step_refuses_a_cache_of_another_model_or_batch():
+    model, bigger = GPT(tiny_config()), GPT(tiny_config(n_layer=3))
+    idx = np.zeros((1, 4), dtype=np.int64)
+    cache = bigger.new_kv_cache(1)
+    bigger.forward_step(idx, cache)
+    with pytest.raises(ValueError, match=r"kv_cache\['k'\] has shape \(3, 1, .*expected \(2, 1, .* make it with "
+                                         r"this model's new_kv_cache\(1\)"):
+        model.forward_step(idx, cache)
+    with pytest.raises(ValueError, match=r"expected \(2, 2,"):
+        model.forward_step(np.zeros((2, 4), dtype=np.int64), model.new_kv_cache(1))
+    cache = model.new_kv_cache(1)
+    cache["pos"] = 2.0
+    with pytest.raises(ValueError, match=r"kv_cache\['pos'\] must be a non-negative integer, got 2.0"):
+        model.forward_step(idx, cache)
+
+
 def test_init_false_leaves_zeros_for_loading():
     model = GPT(tiny_config(), init=False)
     assert not model.flat_params.any()

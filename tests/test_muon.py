@@ -502,3 +502,14 @@ def test_grad_scale_must_be_a_real_number(grad_scale):
     assert opt.t == 0
     opt.step(0.01, grad_scale=np.float32(0.5))     # NumPy scalars are real numbers
     assert opt.t == 1
+
+
+def test_muon_refuses_a_non_bool_nesterov_and_a_bad_step_learning_rate():
+    p, g = np.ones((4, 3)), np.full((4, 3), 0.1)
+    with pytest.raises(TypeError, match="nesterov must be True or False, got 'no'"):
+        Muon([p], [g], nesterov="no")
+    opt = Muon([p], [g], n_threads=1)
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0, got nan"):
+        opt.step(lr=float("nan"))
+    np.testing.assert_array_equal(p, 1.0)
+    assert opt.t == 0

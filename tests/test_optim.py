@@ -535,3 +535,36 @@ def test_grad_norm_and_clipping_do_not_depend_on_the_thread_count():
     for g in clipped[1:]:
         np.testing.assert_array_equal(g, clipped[0])
     np.testing.assert_array_equal(clipped[0], grads * np.float32(1.0 / (norms[0] + 1e-6)))
+
+
+# --- bad values a user can pass at a step -----------------------------------------------------------------
+
+@pytest.mark.parametrize("lr", [float("nan"), -1.0, float("inf"), "0.1", True])
+def test_a_step_refuses_a_learning_rate_that_would_spoil_every_parameter(lr):
+    params, grads = np.ones(6), np.full(6, 0.5)
+    opt = AdamW(params, grads, n_threads=1)
+    with pytest.raises(ValueError, match=r"lr must be a finite number >= 0, got " + repr(lr).replace("(", r"\(")):
+        opt.step(lr=lr)
+    np.testing.assert_array_equal(params, 1.0)
+    assert opt.t == 0                      # no step counted: bias correction stays right for the next one
+    with pytest.raises(ValueError, match="lr must be a finite number >= 0"):
+        AdamW(params, grads, lr=lr)
+
+
+@pytest.mark.parametrize("args, message", [
+    ((-20, 1e-3, 1e-4, 10, 100), "it must be a finite number >= 0, got -20"),
+    ((5, float("nan"), 1e-4, 10, 100), "learning_rate must be a finite number >= 0, got nan"),
+    ((5, 1e-3, -1e-4, 10, 100), "min_lr must be a finite number >= 0"),
+    ((5, 1e-3, 1e-4, -1, 100), "warmup_iters must be a non-negative integer, got -1"),
+    ((5, 1e-3, 1e-4, 10, 2.5), "lr_decay_iters must be a non-negative integer, got 2.5"),
+])
+def test_cosine_lr_refuses_what_would_give_a_negative_or_nan_rate(args, message):
+    with pytest.raises(ValueError, match=message):
+        cosine_lr(*args)
+    assert cosine_lr(12.5, 1e-3, 1e-4, 10, 100) > 0          # a float position: max_time's schedule
+
+
+def test_grad_norm_takes_the_flat_floating_buffer_only():
+    for bad in (np.array([100, 100], np.int8), np.ones((3, 4)), [1.0, 2.0]):
+        with pytest.raises(TypeError, match="grads must be a 1-D floating-point array"):
+            grad_norm(bad)
