@@ -46,30 +46,35 @@ class AdamW:
 
     def __init__(self, params, grads, decay_mask=None, lr=1e-3, betas=(0.9, 0.95), eps=1e-8,
                  weight_decay=0.1, n_threads=None, ranges=None):
-        if params.ndim != 1 or grads.shape != params.shape or grads.dtype != params.dtype:
-            raise ValueError(f"params and grads must be 1-D buffers of one shape and dtype, got "
-                             f"{params.shape} {params.dtype} and {grads.shape} {grads.dtype}")
+        if not all(isinstance(a, np.ndarray) and a.dtype.kind == "f" for a in (params, grads)) \
+                or params.ndim != 1 or grads.shape != params.shape or grads.dtype != params.dtype:
+            raise ValueError(f"params and grads must be 1-D floating-point numpy buffers of one shape and dtype, "
+                             f"got {_describe(params)} and {_describe(grads)}")
+        if not (isinstance(betas, (tuple, list)) and len(betas) == 2):
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
         b1, b2 = betas
-        for name, value, lo, hi in (("beta1", b1, 0.0, 1.0), ("beta2", b2, 0.0, 1.0)):
-            if not lo <= value < hi:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if not eps > 0:
-            raise ValueError(f"eps must be positive, got {eps}")
-        if not weight_decay >= 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        for name, value in (("beta1", b1), ("beta2", b2)):
+            if not (_is_real(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+        if not (_is_real(eps) and 0 < eps < math.inf):
+            raise ValueError(f"eps must be a finite positive number, got {eps!r}")
+        check_lr(weight_decay, "weight_decay")
         check_lr(lr)
         self.params, self.grads = params, grads
         self.lr, self.beta1, self.beta2, self.eps, self.weight_decay = lr, b1, b2, eps, weight_decay
         if decay_mask is None:
             decay_mask = np.ones(params.shape, dtype=bool)
-        if decay_mask.shape != params.shape:
-            raise ValueError(f"decay_mask must have shape {params.shape}, got {decay_mask.shape}")
+        if np.shape(decay_mask) != params.shape:
+            raise ValueError(f"decay_mask must have shape {params.shape}, got {np.shape(decay_mask)}")
+        decay_mask = np.asarray(decay_mask)
         self.decay_mask = decay_mask.astype(bool)
         self.ranges = _check_ranges([(0, params.size)] if ranges is None else ranges, params.size)
         self.m = np.zeros_like(params)
         self.v = np.zeros_like(params)
         self.t = 0
         self.n_threads = default_threads() if n_threads is None else int(n_threads)
+        if self.n_threads < 1:
+            raise ValueError(f"n_threads must be >= 1, got {n_threads!r}")
         # The owned ranges cut into cache-sized chunks (the whole buffer: blocks 0..n of _BLOCK, as
         # before ranges existed), each with its weight decay: all (one scalar multiply), none, or mixed.
         # Skipping Muon's ranges, rather than updating everything under an element mask, is what keeps
@@ -240,6 +245,14 @@ def _block_groups(size, parts):
     """The blocks of ``_NORM_BLOCK`` elements covering ``range(size)``, in at most ``parts`` contiguous groups."""
     blocks = [(start, min(start + _NORM_BLOCK, size), None) for start in range(0, size, _NORM_BLOCK)]
     return [[(a, b) for a, b, _ in group] for group in _split_chunks(blocks, parts)]
+
+
+def _is_real(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _describe(a):
+    return f"{a.shape} {a.dtype}" if isinstance(a, np.ndarray) else type(a).__name__
 
 
 def check_lr(lr, name="lr"):

@@ -568,3 +568,24 @@ def test_grad_norm_takes_the_flat_floating_buffer_only():
     for bad in (np.array([100, 100], np.int8), np.ones((3, 4)), [1.0, 2.0]):
         with pytest.raises(TypeError, match="grads must be a 1-D floating-point array"):
             grad_norm(bad)
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"betas": 0.9}, ValueError, r"betas must be a pair \(beta1, beta2\), got 0.9"),
+    ({"betas": (0.9,)}, ValueError, r"betas must be a pair"),
+    ({"betas": ("0.9", 0.95)}, ValueError, r"beta1 must be in \[0, 1\), got '0.9'"),
+    ({"eps": float("inf")}, ValueError, r"eps must be a finite positive number, got inf"),
+    ({"weight_decay": float("inf")}, ValueError, r"weight_decay must be a finite number >= 0, got inf"),
+    ({"n_threads": 0}, ValueError, r"n_threads must be >= 1, got 0"),
+    ({"decay_mask": [True] * 5}, ValueError, r"decay_mask must have shape \(6,\), got \(5,\)"),
+])
+def test_adamw_names_a_bad_argument(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        AdamW(np.ones(6), np.zeros(6), **kwargs)
+
+
+def test_adamw_names_buffers_that_are_not_flat_float_arrays():
+    for params, grads in (([1.0, 2.0], np.zeros(2)), (np.ones(2, int), np.zeros(2, int)), (np.ones(2), np.zeros(3))):
+        with pytest.raises(ValueError, match="params and grads must be 1-D floating-point numpy buffers"):
+            AdamW(params, grads)
+    AdamW(np.ones(6), np.zeros(6), decay_mask=[True, False] * 3)     # a list mask of the right length is fine
