@@ -268,6 +268,11 @@ class GPT:
         """
         c = self.config
         T = c.block_size if block_size is None else block_size
+        for name, value, high in (("batch_size", batch_size, None), ("block_size", T, c.block_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1 \
+                    or (high is not None and value > high):
+                bound = f"from 1 to the model's {high}" if high is not None else ">= 1"
+                raise ValueError(f"{name} must be an integer {bound}, got {value!r}")
         item = self.dtype.itemsize
         state = 4 * self.num_params * item
         per_token_layer = 24 * c.n_embd + 2 * c.n_head * T     # cached activations + attention probs

@@ -650,3 +650,14 @@ def test_the_model_imports_only_its_layers():
     imported = {(node.module or "") for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     imported |= {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     assert imported == {"", "math", "dataclasses", "numpy"}, imported       # "": from . import layers
+
+
+def test_memory_estimate_names_a_bad_size():
+    model = GPT(tiny_config())
+    for kwargs, message in (({"batch_size": -4}, r"batch_size must be an integer >= 1, got -4"),
+                            ({"batch_size": 2.5}, r"batch_size must be an integer >= 1, got 2.5"),
+                            ({"batch_size": 2, "block_size": 10**6}, r"block_size must be an integer from 1 to "
+                                                                     r"the model's 8, got 1000000")):
+        with pytest.raises(ValueError, match=message):
+            model.memory_estimate(**kwargs)
+    assert model.memory_estimate(2)["total"] > model.memory_estimate(1)["total"] > 0
