@@ -257,7 +257,7 @@ def _describe(a):
 
 def check_lr(lr, name="lr"):
     """Raise unless ``lr`` is a finite real number >= 0 (a NaN would make every parameter NaN)."""
-    if isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not (lr >= 0 and math.isfinite(lr)):
+    if not (_is_real(lr) and lr >= 0 and math.isfinite(lr)):
         raise ValueError(f"{name} must be a finite number >= 0, got {lr!r}")
 
 

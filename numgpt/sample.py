@@ -46,7 +46,7 @@ def sample_next(logits, rng, temperature=1.0, top_k=None, top_p=None):
     if top_k is not None and top_k < V:
         kth = np.partition(logits, V - top_k, axis=-1)[:, V - top_k:V - top_k + 1]   # (B, 1)
         logits = np.where(logits < kth, -np.inf, logits)
-    probs = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    probs = np.exp(logits)                  # each row's maximum is already 0 (shifted above; top-k keeps it)
     probs /= probs.sum(axis=-1, keepdims=True)
     if top_p is not None and top_p < 1.0:
         order = np.argsort(-probs, axis=-1)                               # (B, V) most likely first
