@@ -327,14 +327,15 @@ class GPT:
 
     # --- forward -------------------------------------------------------------------
 
-    def _block(self, i, x, attend, run, drop=0.0, dropout_rng=None, pos=0):
+    def _block(self, i, x, attend, run, drop=0.0, dropout_rng=None, pos=0, grad=True):
         """Transformer block ``i`` on the residual stream ``x``: the one definition for training and the KV cache.
 
         ``run(name, forward, *args)`` calls a layer's forward and returns its
         output (keeping its cache under ``name`` in training); ``attend(name,
         qkv)`` is the attention of the new positions (over the whole sequence
         in training, against the key/value cache when generating); ``pos`` is
-        the position of ``x``'s first row (for RoPE).
+        the position of ``x``'s first row (for RoPE); ``grad=False`` (no backward will
+        run) lets GELU skip its derivative.
         """
         c = self.config
         h = f"h.{i}."
@@ -352,7 +353,7 @@ class GPT:
         m = self._norm(run, h + "ln_2", x)
         m = run(h + "mlp.c_fc", L.linear_forward, m, self.params[h + "mlp.c_fc.weight"],
                 self._p(h + "mlp.c_fc.bias"))                                        # (B, T, 4C), SwiGLU (B, T, 2 hidden)
-        m = run(h + "mlp.act", _activation(c.mlp)[0], m)                            # (B, T, hidden)
+        m = run(h + "mlp.act", _activation(c.mlp, grad)[0], m)                      # (B, T, hidden)
         m = run(h + "mlp.c_proj", L.linear_forward, m, self.params[h + "mlp.c_proj.weight"],
                 self._p(h + "mlp.c_proj.bias"))
         if drop:
@@ -379,7 +380,7 @@ class GPT:
         if drop:
             x = run("embedding.dropout", L.dropout_forward, x, drop, dropout_rng)
         for i in range(c.n_layer):
-            x = self._block(i, x, attend, run, drop, dropout_rng)
+            x = self._block(i, x, attend, run, drop, dropout_rng, grad=keep_cache)
         x = self._norm(run, "ln_f", x)
         return x, caches
 
@@ -564,7 +565,7 @@ class GPT:
         for i in range(c.n_layer):
             def attend(name, qkv, i=i):
                 return L.attention_step_forward(qkv, kv_cache["k"][i], kv_cache["v"][i], pos, c.n_head)
-            x = self._block(i, x, attend, run, pos=pos)
+            x = self._block(i, x, attend, run, pos=pos, grad=False)
         if last_only:
             x = x[:, -1:]
         x = self._norm(run, "ln_f", x)
@@ -652,17 +653,24 @@ def qk_backward(dout, cache):
     return dqkv.reshape(B, T, C3)
 
 
-def _activation(kind):
+def _activation(kind, grad=True):
     """The MLP's activation for ``GPTConfig.mlp``: ``(forward, backward)`` on c_fc's output.
+
+    ``grad=False`` (evaluation, generation) gives a GELU forward without the derivative
+    it would otherwise compute for the backward.
 
     Looked up at each call (not a table built at import), so that a layer function
     replaced in :mod:`numgpt.layers` (as the failure tests do) is the one that runs.
     """
     if kind == "gelu":
-        return L.gelu_forward, L.gelu_backward
+        return (L.gelu_forward if grad else _gelu_inference), L.gelu_backward
     if kind == "relu2":
         return L.relu_squared_forward, L.relu_squared_backward
     return _swiglu_packed_forward, _swiglu_packed_backward
+
+
+def _gelu_inference(a):
+    return L.gelu_forward(a, derivative=False)
 
 
 def _swiglu_packed_forward(a):

@@ -661,3 +661,30 @@ def test_memory_estimate_names_a_bad_size():
         with pytest.raises(ValueError, match=message):
             model.memory_estimate(**kwargs)
     assert model.memory_estimate(2)["total"] > model.memory_estimate(1)["total"] > 0
+
+
+def test_gelu_computes_its_derivative_only_when_a_backward_follows(monkeypatch):
+    # Training keeps GELU's f'(x) for the backward; evaluation and generation skip it
+    # (gelu_forward(derivative=False)), with the same logits.
+    import numgpt.layers as L
+
+    model = randomised_model(tiny_config())
+    idx = np.random.default_rng(0).integers(0, model.config.vocab_size, (2, 5))
+    asked = []
+    real = L.gelu_forward
+
+    def recording(x, derivative=True):
+        asked.append(derivative)
+        return real(x, derivative=derivative)
+
+    monkeypatch.setattr(L, "gelu_forward", recording)
+    logits = model.forward(idx)
+    assert asked == [False] * model.config.n_layer
+    asked.clear()
+    model.loss_and_grads(idx, idx)
+    assert asked == [True] * model.config.n_layer
+    asked.clear()
+    cache = model.new_kv_cache(2)
+    stepped = model.forward_step(idx, cache)
+    assert asked == [False] * model.config.n_layer
+    np.testing.assert_allclose(stepped, logits, rtol=1e-10, atol=1e-12)

@@ -133,20 +133,33 @@ def test_gradcheck_adjoint_across_blocks():
 
 
 def test_gradcheck_catches_a_derivative_missing_the_factor_3():
-    def backward_missing_3(dout, cache):
-        x, s = cache                                   # s = (1 + tanh u) / 2
-        k, a = math.sqrt(2.0 / math.pi), 0.044715
-        return dout * (s + 2 * x * s * (1 - s) * k * (1 + a * x * x))   # d/dx of a x^3 is 3 a x^2
+    # The forward caches f'(x); a forward whose cached derivative drops the 3 of d/dx (a x^3)
+    # = 3 a x^2, paired with the real backward, must fail the check, and the same code with the
+    # 3 back must pass.
+    k, a = math.sqrt(2.0 / math.pi), 0.044715
 
-    def backward_with_the_3(dout, cache):              # the same code with the 3 back: must pass
-        x, s = cache
-        k, a = math.sqrt(2.0 / math.pi), 0.044715
-        return dout * (s + 2 * x * s * (1 - s) * k * (1 + 3 * a * x * x))
+    def forward_caching(three):
+        def forward(x):
+            out, _ = gelu_forward(x)
+            s = 0.5 * (1 + np.tanh(k * (x + a * x * x * x)))
+            return out, (s + 2 * x * s * (1 - s) * k * (1 + three * a * x * x),)
+        return forward
 
     x = np.random.default_rng(2).uniform(-3, 3, (3, 8))
-    results = check_layer(gelu_forward, backward_missing_3, (x,), names=("x",))
+    results = check_layer(forward_caching(1), gelu_backward, (x,), names=("x",))
     assert not results[0].passed and results[0].max_rel_error > 1e-3
-    assert check_layer(gelu_forward, backward_with_the_3, (x,), names=("x",))[0].passed
+    assert check_layer(forward_caching(3), gelu_backward, (x,), names=("x",))[0].passed
+
+
+def test_the_cache_is_the_derivative_alone():
+    # One array of x's shape and dtype, f'(x) of section 2.4 (the backward is dout times it).
+    x = np.random.default_rng(3).uniform(-4, 4, (3, 7))
+    _, cache = gelu_forward(x)
+    assert len(cache) == 1 and cache[0].shape == x.shape and cache[0].dtype == x.dtype
+    k, a = math.sqrt(2.0 / math.pi), 0.044715
+    t = np.tanh(k * (x + a * x ** 3))
+    np.testing.assert_allclose(cache[0], 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * k * (1 + 3 * a * x * x),
+                               rtol=1e-12, atol=1e-15)
 
 
 # -- properties -------------------------------------------------------------------------
@@ -203,3 +216,19 @@ def test_bad_inputs_name_the_argument():
         gelu_backward(np.zeros((3, 2)), cache)
     with pytest.raises(TypeError, match=r"dout has dtype float32 but the forward ran in float64"):
         gelu_backward(np.zeros((2, 3), dtype=np.float32), cache)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_forward_gives_the_same_output_and_no_cache(dtype):
+    # 2.5 blocks, so the block-sized scratch that holds x^2 without the derivative is reused.
+    x = np.random.default_rng(4).uniform(-12, 12, (5, BLOCK // 2)).astype(dtype)
+    out, cache = gelu_forward(x)
+    out_inf, cache_inf = gelu_forward(x, derivative=False)
+    np.testing.assert_array_equal(out_inf, out)
+    assert out_inf.dtype == dtype and cache_inf is None
+
+
+@pytest.mark.parametrize("bad", [0, 1, "no", None])
+def test_derivative_must_be_a_bool(bad):
+    with pytest.raises(TypeError, match="derivative must be True or False"):
+        gelu_forward(np.zeros(3), derivative=bad)
