@@ -216,6 +216,10 @@ class GPT:
         self.dtype = dtype
         self.layout = param_layout(config)
         self.num_params = sum(math.prod(s) for _, s in self.layout)
+        if 2 * self.num_params * dtype.itemsize > np.iinfo(np.intp).max:    # beyond any allocation, not just this machine's
+            raise ValueError(f"a model of this config (vocab_size {config.vocab_size}, block_size {config.block_size}, "
+                             f"n_layer {config.n_layer}, n_embd {config.n_embd}) has {self.num_params:.3g} "
+                             f"parameters, more than an address space holds")
         self.flat_params = np.zeros(self.num_params, dtype=dtype)
         self.flat_grads = np.zeros(self.num_params, dtype=dtype)
         self.params = param_views(self.flat_params, self.layout)

@@ -48,7 +48,7 @@ import math
 
 import numpy as np
 
-from .optim import check_grad_scale, check_lr
+from .optim import check_grad_scale, check_lr, check_state_keys
 from .parallel.threads import default_threads, run_parallel
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
@@ -264,6 +264,7 @@ class Muon:
         return {"buffers": [m.copy() for m in self.buffers], "t": int(self.t)}
 
     def load_state_dict(self, state):
+        check_state_keys(state, ("buffers", "t"))
         buffers = state["buffers"]
         if len(buffers) != len(self.buffers) or any(a.shape != m.shape for a, m in zip(buffers, self.buffers)):
             raise ValueError("optimizer state does not match the parameters' shapes: "

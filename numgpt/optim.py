@@ -152,6 +152,7 @@ class AdamW:
         return {"m": self.m.copy(), "v": self.v.copy(), "t": int(self.t)}
 
     def load_state_dict(self, state):
+        check_state_keys(state, ("m", "v", "t"))
         for key in ("m", "v"):
             if state[key].shape != self.params.shape:
                 raise ValueError(f"optimizer state {key} has shape {state[key].shape}, "
@@ -159,6 +160,20 @@ class AdamW:
         self.m[...] = state["m"]
         self.v[...] = state["v"]
         self.t = int(state["t"])
+
+
+def check_state_keys(state, keys):
+    """An optimizer state dict must hold ``keys`` and a step count ``t`` >= 0; checked before anything is copied."""
+    if not isinstance(state, dict):
+        raise TypeError(f"optimizer state must be a dict (from state_dict()), got {type(state).__name__}")
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"optimizer state lacks {missing}: expected the keys {list(keys)} of state_dict(), "
+                         f"got {sorted(map(str, state))}")
+    t = state["t"]
+    as_array = np.asarray(t) if not isinstance(t, (str, bytes)) else np.asarray(None)
+    if as_array.ndim or as_array.dtype.kind not in "iu" or as_array < 0:     # bool is kind "b"
+        raise ValueError(f"optimizer state t (the step count) must be an integer >= 0, got {t!r}")
 
 
 def _check_ranges(ranges, size):

@@ -282,6 +282,8 @@ class Task:
 
     def _check_prompts(self, prompts) -> np.ndarray:
         prompts = np.asarray(prompts)
+        if prompts.dtype.kind not in "iu":       # floats would be truncated into other problems
+            raise TypeError(f"prompts must be integer token ids, got dtype {prompts.dtype}")
         if prompts.ndim != 2 or prompts.shape[1] != self.prompt_length:
             raise ValueError(
                 f"prompts must have shape (n, {self.prompt_length}), got {prompts.shape}"

@@ -688,3 +688,9 @@ def test_gelu_computes_its_derivative_only_when_a_backward_follows(monkeypatch):
     stepped = model.forward_step(idx, cache)
     assert asked == [False] * model.config.n_layer
     np.testing.assert_allclose(stepped, logits, rtol=1e-10, atol=1e-12)
+
+
+def test_a_config_beyond_any_address_space_is_named_not_a_numpy_error():
+    config = GPTConfig(vocab_size=10**30, block_size=8, n_layer=1, n_head=1, n_embd=8)
+    with pytest.raises(ValueError, match=r"vocab_size 1000000000000000000000000000000.*more than an address space"):
+        GPT(config)

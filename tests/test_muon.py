@@ -513,3 +513,15 @@ def test_muon_refuses_a_non_bool_nesterov_and_a_bad_step_learning_rate():
         opt.step(lr=float("nan"))
     np.testing.assert_array_equal(p, 1.0)
     assert opt.t == 0
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"buffers": []}, r"lacks \['t'\]"),
+    ({"t": 3}, r"lacks \['buffers'\]"),
+    ({"buffers": [np.zeros((2, 3))], "t": -2}, "must be an integer >= 0, got -2"),
+])
+def test_load_state_dict_names_a_missing_key_or_bad_step_count(state, message):
+    opt = Muon([np.zeros((2, 3))], [np.zeros((2, 3))])
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(state)
+    assert opt.t == 0

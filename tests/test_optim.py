@@ -589,3 +589,31 @@ def test_adamw_names_buffers_that_are_not_flat_float_arrays():
         with pytest.raises(ValueError, match="params and grads must be 1-D floating-point numpy buffers"):
             AdamW(params, grads)
     AdamW(np.ones(6), np.zeros(6), decay_mask=[True, False] * 3)     # a list mask of the right length is fine
+
+
+@pytest.mark.parametrize("state, message", [
+    ({"m": None, "v": None}, r"lacks \['t'\]"),
+    ({"v": None, "t": 1}, r"lacks \['m'\]"),
+    ({"m": None, "v": None, "t": -1}, "must be an integer >= 0, got -1"),
+    ({"m": None, "v": None, "t": 1.5}, "must be an integer >= 0, got 1.5"),
+    ({"m": None, "v": None, "t": True}, "must be an integer >= 0, got True"),
+    ({"m": None, "v": None, "t": "3"}, "must be an integer >= 0, got '3'"),
+])
+def test_adamw_load_state_dict_names_a_missing_key_or_bad_step_count(state, message):
+    params = np.zeros(4, np.float32)
+    opt = AdamW(params, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match=message):
+        opt.load_state_dict(state)
+    assert opt.t == 0
+
+
+def test_adamw_load_state_dict_takes_a_numpy_step_count():
+    opt = AdamW(np.zeros(4, np.float32), np.zeros(4, np.float32))
+    opt.load_state_dict({"m": np.ones(4, np.float32), "v": np.ones(4, np.float32), "t": np.array(7)})
+    assert opt.t == 7 and opt.m[0] == 1
+
+
+def test_adamw_load_state_dict_refuses_a_non_dict():
+    opt = AdamW(np.zeros(4, np.float32), np.zeros(4, np.float32))
+    with pytest.raises(TypeError, match="must be a dict"):
+        opt.load_state_dict([1, 2])

@@ -339,3 +339,12 @@ def test_parse_prompt_wants_a_string():
         SortTask().parse_prompt([2, 0, 1, 1, 0, 2])
     with pytest.raises(TypeError, match="prompt must be a str, got int"):
         AdditionTask().parse_prompt(3785)
+
+
+@pytest.mark.parametrize("name", ["sort", "add"])
+def test_solve_refuses_float_prompts(name):
+    # 1.7 used to be truncated to 1: the answer to a problem nobody asked.
+    task = make_task(name)
+    prompts = np.zeros((1, task.prompt_length)) + 1.7
+    with pytest.raises(TypeError, match="prompts must be integer token ids, got dtype float64"):
+        task.solve(prompts)
