@@ -170,10 +170,9 @@ def check_state_keys(state, keys):
     if missing:
         raise ValueError(f"optimizer state lacks {missing}: expected the keys {list(keys)} of state_dict(), "
                          f"got {sorted(map(str, state))}")
-    t = state["t"]
-    as_array = np.asarray(t) if not isinstance(t, (str, bytes)) else np.asarray(None)
-    if as_array.ndim or as_array.dtype.kind not in "iu" or as_array < 0:     # bool is kind "b"
-        raise ValueError(f"optimizer state t (the step count) must be an integer >= 0, got {t!r}")
+    t = np.asarray(state["t"])                  # an int, a NumPy integer or a 0-d array of one
+    if t.ndim or t.dtype.kind not in "iu" or t < 0:     # bools ("b"), floats, strings, objects refused
+        raise ValueError(f"optimizer state t (the step count) must be an integer >= 0, got {state['t']!r}")
 
 
 def _check_ranges(ranges, size):
