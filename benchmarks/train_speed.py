@@ -5,6 +5,7 @@
     python benchmarks/train_speed.py --configs baby small --threads 1 2 --repeats 3
     python benchmarks/train_speed.py --vs-torch --nanogpt-only --repeats 5 --threads 2 1   # issue 14's targets
     python benchmarks/train_speed.py --vs-torch --nanogpt /path/to/nanoGPT   # nanoGPT's own model.py
+    python benchmarks/train_speed.py --targets --nanogpt /path/to/nanoGPT     # every target of issue 14, one run
 
 For each config and thread count it prints the median ms/step (forward + backward + clipping +
 AdamW, after warm-up), tokens/s, model FLOPs per step by nanoGPT's estimate (6N + 12 L C T per
@@ -22,6 +23,12 @@ train.py does on a CPU (float32, no GradScaler, no torch.compile, the optimizer 
 configure_optimizers). numgpt runs as `numgpt train`
 does: its extra workers are forked processes where the model picks them (NUMGPT_PROCESSES=0 forces
 threads), and the RSS column then adds the worker's peak to the main process's.
+
+--targets runs issue 14's targets and nothing else, in one invocation: baby, 6 x 6 x 384 and GPT-2
+124M on 2 threads and baby on 1 thread, at least 5 alternating rounds each against the nanogpt
+column only; with --nanogpt it then runs the whole tiny-Shakespeare recipe against nanoGPT's own
+train.py (nanogpt_shakespeare.py, one seed, its data default), and it ends with one verdict line per
+target and a count of those met.
 """
 
 import argparse
@@ -46,6 +53,7 @@ STEPS = {"baby": 40, "small": 8, "gpt2": 4}
 # (config, threads); GPT-2 also at 80% of NumPy's matmul peak. And in every case numgpt's spread
 # (slowest round / fastest) no larger than PyTorch's.
 TARGETS = {("baby", 2): 1.2, ("baby", 1): 1.1, ("small", 2): 1.1, ("gpt2", 2): 1.1}
+TARGET_PLAN = [(2, ["baby", "small", "gpt2"]), (1, ["baby"])]   # what --targets runs: (threads, configs)
 GPT2_PEAK_SHARE = 0.80
 MIN_ROUNDS = 5
 WARMUP = {"baby": 5, "small": 2, "gpt2": 1}
@@ -226,8 +234,18 @@ def main():
     parser.add_argument("--nanogpt", default=None, metavar="DIR",
                         help="a clone of karpathy/nanoGPT: the nanogpt column runs its own model.py "
                              "(implies --vs-torch)")
+    parser.add_argument("--targets", action="store_true",
+                        help="issue 14's targets only, in one run: the (config, threads) pairs it names, "
+                             f"at least {MIN_ROUNDS} rounds against the nanogpt column, then (with --nanogpt) "
+                             "the whole tiny-Shakespeare run against nanoGPT's train.py; --configs and "
+                             "--threads are ignored")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.targets:
+        args.vs_torch, args.nanogpt_only, args.repeats = True, True, max(args.repeats, MIN_ROUNDS)
+        plan = TARGET_PLAN
+    else:
+        plan = [(threads, args.configs) for threads in args.threads]
     if args.nanogpt:
         args.nanogpt = os.path.abspath(args.nanogpt)
         args.vs_torch = True
@@ -261,12 +279,12 @@ def main():
     if args.vs_torch:
         print(f"PyTorch reference, the nanogpt column: {reference_label(args.nanogpt)}")
     verdicts = []
-    for threads in args.threads:
+    for threads, configs in plan:
         peak = run_worker("peak", "baby", threads, 0, 0)["gflops"]
         print(f"\n== {threads} thread(s); NumPy float32 matmul peak {peak:.0f} GFLOP/s ==")
         header = f"{'config':<7}{'framework':<10}{'ms/step':>10}{'tokens/s':>11}{'GFLOP/s':>9}{'% peak':>8}{'RSS MiB':>9}"
         print(header)
-        for name in args.configs:
+        for name in configs:
             cfg = CONFIGS[name]
             tokens = cfg[3] * cfg[4]
             flops = flops_per_step(*cfg)
@@ -307,11 +325,35 @@ def main():
                     share = flops / (ms["numgpt"] / 1000) / 1e9 / peak
                     verdicts.append(target_verdict(name, threads, statistics.median(per_round), spread, share,
                                                    len(per_round)))
+    if args.targets:
+        verdicts.append(whole_run_verdict(args.nanogpt))
     if verdicts:
         print(f"\n== issue 14's targets (median of the round-by-round ratios against the nanogpt column: "
               f"{reference_label(args.nanogpt)}) ==")
         for line in verdicts:
             print(line)
+    if args.targets:
+        met = sum(" MET " in line for line in verdicts)
+        print(f"{met} of {len(verdicts)} targets met in this run")
+
+
+def whole_run_verdict(nanogpt):
+    """Run nanogpt_shakespeare.py's comparison with nanoGPT's own train.py (one seed), echoing its output;
+    return its verdict line, or a MISSED line saying why there is none."""
+    if not nanogpt:
+        return "whole run:     MISSED not measured: it compares with nanoGPT's own train.py, pass --nanogpt DIR"
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nanogpt_shakespeare.py")
+    print("\n== the whole tiny-Shakespeare run: nanogpt_shakespeare.py --nanogpt DIR --seeds 1337 ==", flush=True)
+    proc = subprocess.Popen([sys.executable, script, "--nanogpt", nanogpt, "--seeds", "1337"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    verdict = None
+    for line in proc.stdout:
+        print("  " + line, end="", flush=True)
+        if line.startswith("whole run"):
+            verdict = line.strip()
+    if proc.wait() != 0 or verdict is None:
+        return f"whole run:     MISSED nanogpt_shakespeare.py exited with {proc.returncode} and no verdict line"
+    return verdict
 
 
 def target_verdict(name, threads, ratio, spread, peak_share, n_rounds):
