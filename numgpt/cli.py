@@ -462,7 +462,7 @@ def build_parser():
                    help="characters at the start of the data that --tokenizer bpe trains on")
     p.add_argument("--chunk_mb", type=_int, limits=Limits(1, 1024, integer=True), default=4,
                    help="MB of text read and encoded at a time (up to 1024)")
-    p.add_argument("--workers", type=_int, limits=Limits(1, integer=True), default=1, help="processes encoding chunks in parallel")
+    p.add_argument("--workers", type=_int, limits=Limits(1, integer=True), default=1, help="processes encoding chunks in parallel (at most one per core and per chunk)")
     p.add_argument("--overwrite", action="store_true", help="replace token files already in --out")
     p.set_defaults(func=cmd_prepare)
 

@@ -397,6 +397,21 @@ def _encoded(pieces, tokenizer, dtype, workers):
             yield result.get(), at
 
 
+def _usable_workers(workers, pieces, log):
+    """``workers`` capped at this machine's cores and at ``pieces``, about how many chunks the text gives.
+
+    Encoding is CPU-bound: a process beyond the cores only waits for one, a process beyond the
+    chunks gets none, and every process holds its own copy of the tokenizer; uncapped,
+    ``--workers 1000`` would fork a thousand of them.
+    """
+    cores = os.cpu_count() or 1
+    usable = max(1, min(workers, cores, pieces))
+    if usable < workers:
+        log(f"note: {workers} workers asked for, but this machine has {cores} core(s) and the text gives "
+            f"about {pieces} chunk(s) to encode: using {usable}")
+    return usable
+
+
 def prepare(data, out_dir, tokenizer="char", *, vocab_size=512, bpe_sample_chars=10_000_000,
             chunk_bytes=_CHUNK_BYTES, workers=1, overwrite=False, log=print, progress_stream=None) -> dict:
     """Tokenize the text file or directory ``data`` into ``out_dir`` (see the module docstring).
@@ -428,6 +443,7 @@ def prepare(data, out_dir, tokenizer="char", *, vocab_size=512, bpe_sample_chars
             raise DataError(f"the output directory {out_dir} is inside the data directory {data}, whose every "
                             f"file is read as text; choose an output directory outside it")
     total = sum(os.path.getsize(p) for p in paths)
+    workers = _usable_workers(workers, total // chunk_bytes + 1, log)
     tok = _build_tokenizer(kind, paths, vocab_size, bpe_sample_chars, chunk_bytes, total, log,
                            progress_stream)
     separator = _separator(tok) if len(paths) > 1 else ""

@@ -197,6 +197,36 @@ def test_two_worker_processes_write_the_same_files(textfile, bpe, tmp_path):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
 
 
+def test_workers_are_capped_at_the_cores_and_the_chunks(textfile, tmp_path, monkeypatch):
+    import numgpt.tokenfiles as tokenfiles
+
+    notes, pools = [], []
+    real_encoded = tokenfiles._encoded
+
+    def encoded(pieces, tokenizer, dtype, workers):
+        pools.append(workers)
+        return real_encoded(pieces, tokenizer, dtype, workers)
+
+    monkeypatch.setattr(tokenfiles, "_encoded", encoded)
+    monkeypatch.setattr(os, "cpu_count", lambda: 3)
+    quiet = dict(log=notes.append, progress_stream=io.StringIO())
+    size = textfile.stat().st_size
+    prepare(textfile, tmp_path / "one", "char", workers=1, **quiet)
+    # A chunk size that cuts the text into about 9 pieces: the cap is the 3 "cores".
+    prepare(textfile, tmp_path / "many", "char", workers=1000, chunk_bytes=size // 8, **quiet)
+    # One chunk: no pool at all, whatever was asked for.
+    prepare(textfile, tmp_path / "single", "char", workers=8, chunk_bytes=size + 1, **quiet)
+    assert pools == [1, 3, 1]
+    assert [n for n in notes if "workers asked for" in n] == [
+        f"note: 1000 workers asked for, but this machine has 3 core(s) and the text gives about "
+        f"{size // (size // 8) + 1} chunk(s) to encode: using 3",
+        "note: 8 workers asked for, but this machine has 3 core(s) and the text gives about 1 chunk(s) "
+        "to encode: using 1"]
+    for out in ("many", "single"):
+        for name in (TRAIN_NAME, VAL_NAME):
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / out / name).read_bytes()
+
+
 def test_an_interrupted_prepare_leaves_the_old_files_and_no_temporary_ones(textfile, tmp_path, monkeypatch):
     import numgpt.tokenfiles as tokenfiles
 
