@@ -64,6 +64,10 @@ RECIPE = dict(block_size=64, batch_size=12, n_layer=4, n_head=4, n_embd=128, dro
               learning_rate=1e-3, min_lr=1e-4, beta2=0.99, warmup_iters=100, eval_iters=20,
               eval_interval=250)
 WALL_TARGET = 0.85              # issue 14: numgpt's whole-run wall time at most 0.85 of nanoGPT's
+# Issue 14 also asks for the same validation loss within the seed-to-seed spread. That spread, for the
+# 2000-iteration recipe's best validation loss over six seeds, was 1.885-1.909 for numgpt and
+# 1.882-1.906 for the same recipe in PyTorch (README.md): the two means may differ by at most its width.
+LOSS_SPREAD = 0.024
 
 # what nanogpt_prepare copies out of the user's nanoGPT clone (which it never writes to)
 NANOGPT_FILES = ("train.py", "model.py", "configurator.py", "config/train_shakespeare_char.py",
@@ -337,10 +341,14 @@ def against_nanogpt(args):
         ratio = statistics.median(ratios)
         print(f"\nbest val loss mean: numgpt {statistics.mean(best['numgpt']):.4f}, "
               f"nanoGPT {statistics.mean(best['nanoGPT']):.4f} (nanoGPT's README reports 1.88)")
-        ok = ratio <= WALL_TARGET
+        wall_ok = ratio <= WALL_TARGET
+        gap = abs(statistics.mean(best["numgpt"]) - statistics.mean(best["nanoGPT"]))
+        loss_ok = gap <= LOSS_SPREAD
+        ok = wall_ok and loss_ok
         print(f"whole run, {threads} thread(s): {'MET   ' if ok else 'MISSED'} numgpt/nanoGPT wall time "
-              f"{ratio:.3f} <= {WALL_TARGET} {'ok' if ok else 'NO'} (median of {len(ratios)} round(s): "
-              f"{', '.join(f'{r:.3f}' for r in ratios)}; against nanoGPT's own train.py)")
+              f"{ratio:.3f} <= {WALL_TARGET} {'ok' if wall_ok else 'NO'}; best val loss means differ by "
+              f"{gap:.4f} <= {LOSS_SPREAD} (the seed-to-seed spread) {'ok' if loss_ok else 'NO'} (median of "
+              f"{len(ratios)} round(s): {', '.join(f'{r:.3f}' for r in ratios)}; against nanoGPT's own train.py)")
         if args.vs_torch:
             print("\n--vs-torch: the recipe in torch_gpt.py's copy, per seed:")
             for seed in args.seeds:
